@@ -1,0 +1,147 @@
+"""The one typed settings model.
+
+Sources, highest priority first: explicit overrides (CLI flags), ``BERTH_…`` environment
+variables (nested keys joined by ``__``, e.g. ``BERTH_STORAGE__ROOT``), the YAML file given by
+``--config``, then the defaults, which serve a local directory on 127.0.0.1:5000.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HTTPSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(5000, ge=0, le=65535, description="TCP port to listen on.")
+    workers: int = Field(1, ge=1, description="Number of uvicorn worker processes.")
+    base_url: str | None = Field(
+        None,
+        description="Public URL of the registry, used for absolute Location headers. "
+        "Unset: Location headers are relative paths.",
+    )
+
+
+class FilesystemSettings(_Section):
+    root: Path = Field(Path("./data"), description="Directory that holds the registry data.")
+
+
+class S3Settings(_Section):
+    bucket: str = Field("", description="Bucket name.")
+    region: str = Field("us-east-1", description="Bucket region.")
+    endpoint_url: str | None = Field(None, description="S3 endpoint (unset: AWS).")
+    public_endpoint_url: str | None = Field(
+        None, description="Endpoint used only to sign redirect URLs for clients."
+    )
+    root_directory: str = Field("", description="Key prefix inside the bucket.")
+    path_style: bool = Field(True, description="Use path-style addressing.")
+    storage_class: str | None = Field(None, description="Storage class for new objects.")
+    sse: str | None = Field(None, description="Server-side encryption (AES256 or aws:kms).")
+    sse_kms_key_id: str | None = Field(None, description="KMS key for aws:kms encryption.")
+    part_size: int = Field(
+        16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart upload part size (bytes)."
+    )
+    max_pool_connections: int = Field(64, ge=1, description="HTTP connection pool size.")
+
+
+class StorageSettings(_Section):
+    driver: Literal["filesystem", "s3"] = Field("filesystem", description="Storage driver.")
+    filesystem: FilesystemSettings = FilesystemSettings()
+    s3: S3Settings = S3Settings()
+    redirect: bool = Field(
+        True, description="Answer blob GETs with a 307 to a presigned URL where the driver can."
+    )
+    redirect_expiry_seconds: int = Field(1200, ge=1, description="Presigned URL lifetime.")
+    delete_enabled: bool = Field(True, description="Allow DELETE of manifests, tags and blobs.")
+    read_only: bool = Field(False, description="Refuse every write with 405 UNSUPPORTED.")
+
+
+class CacheSettings(_Section):
+    manifest_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="In-process cache of manifest bodies, in bytes."
+    )
+    blob_descriptors: int = Field(
+        100_000, ge=0, description="In-process cache of blob sizes, in entries."
+    )
+
+
+class LimitSettings(_Section):
+    max_manifest_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest manifest accepted."
+    )
+    max_page_size: int = Field(1000, ge=1, description="Largest `n` for tags and catalog.")
+
+
+class ObservabilitySettings(_Section):
+    log_level: str = Field("info", description="Log level.")
+    log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+    access_log: bool = Field(True, description="Log every request.")
+    metrics: bool = Field(True, description="Expose Prometheus metrics at /metrics.")
+    tracing: bool = Field(
+        False,
+        description="Record OpenTelemetry spans (exported by OTLP when "
+        "OTEL_EXPORTER_OTLP_ENDPOINT is set).",
+    )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BERTH_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    http: HTTPSettings = HTTPSettings()
+    storage: StorageSettings = StorageSettings()
+    cache: CacheSettings = CacheSettings()
+    limits: LimitSettings = LimitSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags (init) beat the environment, which beats the YAML file (when one is configured).
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def load_settings(
+    config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build settings from a YAML file, the environment and explicit overrides (nested dicts)."""
+    if config_file is None:
+        return Settings(**(overrides or {}))
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(yaml_file=path)
+
+    return FileSettings(**(overrides or {}))
+
+
+def set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_nested(d, "storage.filesystem.root", x)`` sets ``d["storage"]["filesystem"]["root"]``."""
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        target = target.setdefault(part, {})
+    target[leaf] = value
+
+
+__all__ = ["Settings", "load_settings", "set_nested"]
