@@ -234,7 +234,8 @@ class BerthFactory(RegistryFactory):
     def _spawn(self, port: int, root: Path) -> Server:
         exe = require_tool("berth")
         log = self.workdir / f"berth-{port}.log"
-        cmd = [exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--storage-root", str(root)]
+        cmd = [exe, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--storage-root", str(root)]
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -391,12 +392,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     try:
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
+            tail = log.read_text(errors="replace")[-3000:]
             if proc.poll() is not None:
-                raise RuntimeError(f"containerd exited: {log.read_text(errors='replace')[-3000:]}")
-            if os.path.exists(sock) and daemon_.ctr("version", check=False, timeout=10).returncode == 0:
+                raise RuntimeError(f"containerd exited: {tail}")
+            if os.path.exists(sock) and daemon_.ctr("version", check=False).returncode == 0:
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"containerd not ready: {log.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(f"containerd not ready: {tail}")
             time.sleep(0.1)
         yield daemon_
     finally:

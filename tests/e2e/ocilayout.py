@@ -43,7 +43,11 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
-    desc: dict[str, Any] = {"mediaType": media_type, "digest": sha256_digest(data), "size": len(data)}
+    desc: dict[str, Any] = {
+        "mediaType": media_type,
+        "digest": sha256_digest(data),
+        "size": len(data),
+    }
     desc.update({k: v for k, v in extra.items() if v is not None})
     return desc
 
@@ -135,8 +139,7 @@ class OCILayout:
                 "Labels": {"berth.test/nonce": f"{self.rng.getrandbits(64):016x}"},
             },
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "ocilayout.py"}]
-            * layers,
+            "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "ocilayout.py"}] * layers,
         }
         if variant:
             config["variant"] = variant

@@ -88,7 +88,9 @@ def test_two_platform_index_copy_all(tmp_path: Path, registry: Server, skopeo: S
     skopeo.copy(remote, f"oci:{dst.path}:back", "--all", "--preserve-digests")
     assert dst.resolve("back")["digest"] == index.digest
     _assert_same_content(src, dst, index.digest)
-    assert len(closure(dst, index.digest)) == 1 + 2 * (1 + 1 + 2)  # index + 2×(manifest+cfg+2)
+    assert len(closure(dst, index.digest)) == 1 + 2 * (
+        1 + 1 + 2
+    )  # index + 2 * (manifest, config, 2 layers)
 
 
 def test_single_platform_pull_from_index(
