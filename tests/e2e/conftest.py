@@ -8,6 +8,7 @@ The registry under test is chosen by ``BERTH_E2E_TARGET``: ``berth`` (the defaul
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -454,3 +455,33 @@ def skopeo(e2e_workdir: Path) -> Skopeo:
     authfile = e2e_workdir / "auth.json"
     authfile.write_text(json.dumps({"auths": {}}))
     return Skopeo(exe, policy, authfile)
+
+
+# -- raw registry HTTP ---------------------------------------------------------------------------
+
+
+def with_query(location: str, **params: str) -> str:
+    """``location`` (absolute or a path, maybe with a query) plus ``params``, query kept."""
+    url = httpx.URL(location)
+    return str(url.copy_merge_params(params))
+
+
+def location_path(location: str) -> str:
+    """Path and query of a Location header, so it can be sent to another replica."""
+    url = httpx.URL(location)
+    return url.raw_path.decode()
+
+
+def push_blob(c: httpx.Client, repo: str, data: bytes) -> str:
+    """POST an upload session, then PUT the whole blob with ``?digest=``; returns the digest."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = c.post(f"/v2/{repo}/blobs/uploads/")
+    assert r.status_code == 202, (r.status_code, r.text)
+    r = c.put(
+        with_query(r.headers["Location"], digest=digest),
+        content=data,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 201, (r.status_code, r.text)
+    assert r.headers["Docker-Content-Digest"] == digest
+    return digest
