@@ -260,7 +260,6 @@ class DistributionFactory(RegistryFactory):
                         "filesystem": {"rootdirectory": str(root)},
                         "delete": {"enabled": True},
                         "maintenance": {"uploadpurging": {"enabled": False}},
-                        "cache": {"blobdescriptor": "inmemory"},
                     },
                     "http": {"addr": f"127.0.0.1:{port}", "secret": DISTRIBUTION_SECRET},
                 },
