@@ -137,7 +137,7 @@ def load_settings(
 
 
 def set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:
-    """``set_nested(d, "storage.filesystem.root", x)`` sets ``d["storage"]["filesystem"]["root"]``."""
+    """Set ``d["a"]["b"]["c"] = value`` for the dotted path ``"a.b.c"``."""
     *parents, leaf = dotted.split(".")
     for part in parents:
         target = target.setdefault(part, {})

@@ -1,0 +1,76 @@
+"""Shared HTTP helpers: the registry from app state, the OCI error envelope, header parsing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..registry.errors import RegistryError, SizeInvalid
+from ..registry.registry import Registry
+from ..storage.driver import StorageUnavailable
+
+
+def registry(request: Request) -> Registry:
+    reg: Registry = request.app.state.registry
+    return reg
+
+
+def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
+    return {"errors": [{"code": code, "message": message, "detail": detail}]}
+
+
+async def registry_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RegistryError)
+    if request.method == "HEAD":
+        return Response(status_code=exc.status, headers=exc.headers)
+    return JSONResponse(
+        error_body(exc.code, exc.message, exc.detail), status_code=exc.status, headers=exc.headers
+    )
+
+
+async def unavailable_handler(request: Request, exc: Exception) -> Response:
+    headers = {"Retry-After": "5"}
+    if request.method == "HEAD":
+        return Response(status_code=503, headers=headers)
+    body = error_body("UNAVAILABLE", "storage is unavailable, retry later", str(exc)[:200])
+    return JSONResponse(body, status_code=503, headers=headers)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = "UNSUPPORTED" if exc.status_code == 405 else "NOT_FOUND"
+    return JSONResponse(
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+EXCEPTION_HANDLERS = {
+    RegistryError: registry_error_handler,
+    StorageUnavailable: unavailable_handler,
+    StarletteHTTPException: http_error_handler,
+}
+
+
+def content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 19:
+        raise SizeInvalid(f"invalid Content-Length: {value[:40]!r}")
+    return int(value)
+
+
+def has_body(request: Request) -> bool:
+    length = content_length(request)
+    if length is not None:
+        return length > 0
+    return "chunked" in request.headers.get("transfer-encoding", "").lower()
+
+
+def location(request: Request, path: str) -> str:
+    """Relative by default (clients resolve it against the request URL), absolute with base_url."""
+    base = registry(request).settings.http.base_url
+    return f"{base.rstrip('/')}{path}" if base else path

@@ -1,0 +1,50 @@
+"""Paginated listings: tags of a repository and the catalog of repositories."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from ..registry.catalog import paginate
+from ..registry.errors import PaginationInvalid
+from .common import registry
+
+router = APIRouter()
+
+
+def _page_params(request: Request) -> tuple[int | None, str | None]:
+    n_value = request.query_params.get("n")
+    n = None
+    if n_value is not None:
+        if not n_value.isdigit() or len(n_value) > 9:
+            raise PaginationInvalid(f"n must be a non-negative integer, not {n_value[:20]!r}")
+        n = min(int(n_value), registry(request).settings.limits.max_page_size)
+    return n, request.query_params.get("last")
+
+
+def _page(
+    request: Request, path: str, items: list[str], key: str, extra: dict[str, str]
+) -> Response:
+    n, last = _page_params(request)
+    page, more = paginate(items, n, last)
+    headers = {}
+    if more and page:
+        query = urlencode({"n": n, "last": page[-1]})
+        headers["Link"] = f'<{path}?{query}>; rel="next"'
+    return JSONResponse({**extra, key: page}, headers=headers)
+
+
+@router.api_route("/v2/{name:path}/tags/list", methods=["GET", "HEAD"])
+async def list_tags(request: Request, name: str) -> Response:
+    reg = registry(request)
+    reg.name(name)
+    tags = await reg.tags.all(name)
+    return _page(request, f"/v2/{name}/tags/list", tags, "tags", {"name": name})
+
+
+@router.get("/v2/_catalog")
+async def catalog(request: Request) -> Response:
+    reg = registry(request)
+    return _page(request, "/v2/_catalog", await reg.catalog(), "repositories", {})

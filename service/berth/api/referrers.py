@@ -1,0 +1,24 @@
+"""The referrers API: manifests whose ``subject`` is a given digest, as an OCI image index."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from ..registry import mediatypes as mt
+from ..registry.digest import Digest
+from .common import registry
+
+router = APIRouter()
+
+
+@router.get("/v2/{name:path}/referrers/{digest}")
+async def list_referrers(request: Request, name: str, digest: str) -> Response:
+    reg = registry(request)
+    reg.name(name)
+    subject = Digest.parse(digest)
+    artifact_type = request.query_params.get("artifactType")
+    descriptors = await reg.manifests.referrers(name, subject, artifact_type)
+    headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
+    index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": descriptors}
+    return JSONResponse(index, headers=headers, media_type=mt.OCI_INDEX)

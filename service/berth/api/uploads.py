@@ -1,0 +1,113 @@
+"""Blob uploads: sessions, monolithic and chunked uploads, cross-repository mounts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ..registry.digest import Digest
+from ..registry.errors import DigestInvalid
+from ..registry.uploads import UploadStatus, parse_content_range, validate_upload_id
+from .common import content_length, has_body, location, registry
+
+router = APIRouter()
+
+
+def _session_response(request: Request, name: str, status: UploadStatus, code: int) -> Response:
+    return Response(
+        status_code=code,
+        headers={
+            "Location": location(request, f"/v2/{name}/blobs/uploads/{status.upload_id}"),
+            "Range": f"0-{max(status.offset - 1, 0)}",
+            "Docker-Upload-UUID": status.upload_id,
+            "Content-Length": "0",
+        },
+    )
+
+
+def _created(request: Request, name: str, digest: Digest) -> Response:
+    return Response(
+        status_code=201,
+        headers={
+            "Location": location(request, f"/v2/{name}/blobs/{digest}"),
+            "Docker-Content-Digest": str(digest),
+            "Content-Length": "0",
+        },
+    )
+
+
+def _digest_param(request: Request) -> Digest:
+    value = request.query_params.get("digest")
+    if not value:
+        raise DigestInvalid("the digest query parameter is required")
+    return Digest.parse(value)
+
+
+@router.post("/v2/{name:path}/blobs/uploads/")
+async def start_upload(request: Request, name: str) -> Response:
+    reg = registry(request)
+    reg.name(name)
+    reg.check_writable()
+    params = request.query_params
+    if "mount" in params:
+        digest = Digest.parse(params["mount"])
+        if await reg.mount(name, digest, params.get("from")):
+            return _created(request, name, digest)
+    elif "digest" in params:
+        digest = _digest_param(request)
+        await reg.uploads.monolithic(name, digest, request.stream())
+        return _created(request, name, digest)
+    status = await reg.uploads.start(name)
+    return _session_response(request, name, status, 202)
+
+
+@router.get("/v2/{name:path}/blobs/uploads/{upload_id}")
+async def upload_status(request: Request, name: str, upload_id: str) -> Response:
+    reg = registry(request)
+    reg.name(name)
+    status = await reg.uploads.status(name, validate_upload_id(upload_id))
+    return _session_response(request, name, status, 204)
+
+
+@router.patch("/v2/{name:path}/blobs/uploads/{upload_id}")
+async def upload_chunk(request: Request, name: str, upload_id: str) -> Response:
+    reg = registry(request)
+    reg.name(name)
+    reg.check_writable()
+    header = request.headers.get("content-range")
+    status = await reg.uploads.append(
+        name,
+        validate_upload_id(upload_id),
+        request.stream(),
+        parse_content_range(header) if header else None,
+        content_length(request),
+    )
+    return _session_response(request, name, status, 202)
+
+
+@router.put("/v2/{name:path}/blobs/uploads/{upload_id}")
+async def finish_upload(request: Request, name: str, upload_id: str) -> Response:
+    reg = registry(request)
+    reg.name(name)
+    reg.check_writable()
+    validate_upload_id(upload_id)
+    digest = _digest_param(request)
+    header = request.headers.get("content-range")
+    await reg.uploads.complete(
+        name,
+        upload_id,
+        digest,
+        request.stream() if has_body(request) else None,
+        parse_content_range(header) if header else None,
+        content_length(request),
+    )
+    return _created(request, name, digest)
+
+
+@router.delete("/v2/{name:path}/blobs/uploads/{upload_id}")
+async def cancel_upload(request: Request, name: str, upload_id: str) -> Response:
+    reg = registry(request)
+    reg.name(name)
+    reg.check_writable()
+    await reg.uploads.cancel(name, validate_upload_id(upload_id))
+    return Response(status_code=204)

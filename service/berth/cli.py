@@ -1,0 +1,121 @@
+"""The ``berth`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import __version__
+from .config import Settings, load_settings, set_nested
+
+_ENV_HELP = """\
+Every setting can also be given in the YAML file passed with --config, or as an environment
+variable: BERTH_ followed by the setting's path joined by '__', for example
+BERTH_HTTP__PORT=5000, BERTH_STORAGE__FILESYSTEM__ROOT=/var/lib/berth,
+BERTH_STORAGE__DELETE_ENABLED=false. Precedence: flags, then environment, then the file.
+See docs/configuration.md for every setting.
+"""
+
+
+def _add_common_storage_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    parser.add_argument(
+        "--storage-root",
+        metavar="DIR",
+        help="directory for the filesystem driver (storage.filesystem.root; default ./data)",
+    )
+
+
+# flag attribute → settings path
+SERVE_FLAGS: dict[str, str] = {
+    "host": "http.host",
+    "port": "http.port",
+    "workers": "http.workers",
+    "storage_root": "storage.filesystem.root",
+    "log_level": "observability.log_level",
+}
+
+
+def settings_from_args(args: argparse.Namespace, flags: dict[str, str]) -> Settings:
+    overrides: dict[str, Any] = {}
+    for attr, path in flags.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            set_nested(overrides, path, value)
+    return load_settings(args.config, overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import SETTINGS_ENV, create_app
+    from .observability.logging import configure_logging
+
+    settings = settings_from_args(args, SERVE_FLAGS)
+    obs = settings.observability
+    configure_logging(obs.log_level, obs.log_format)
+    common: dict[str, Any] = {
+        "host": settings.http.host,
+        "port": settings.http.port,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "proxy_headers": False,
+    }
+    if settings.http.workers > 1:
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        uvicorn.run(
+            "berth.app:app_from_environment",
+            factory=True,
+            workers=settings.http.workers,
+            **common,
+        )
+    else:
+        uvicorn.run(create_app(settings), **common)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="berth",
+        description="Berth: an OCI container registry for Kubernetes.",
+        epilog=_ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"berth {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve the registry",
+        description="Serve the OCI Distribution API (default: 127.0.0.1:5000, storage in ./data).",
+        epilog=_ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common_storage_flags(serve)
+    serve.add_argument("--host", help="address to listen on (http.host; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (http.port; default 5000)")
+    serve.add_argument("--workers", type=int, help="worker processes (http.workers; default 1)")
+    serve.add_argument("--log-level", help="log level (observability.log_level; default info)")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
+        print(f"berth: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Storing, fetching and deleting manifests in a repository."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+
+from ..storage import paths
+from ..storage.driver import PathNotFound, StorageDriver
+from .blobs import BlobStore
+from .cache import LRUCache
+from .digest import Digest
+from .errors import (
+    BlobUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+)
+from .manifest import Descriptor, Manifest, parse_manifest
+from .names import parse_reference
+from .tags import Tags
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    digest: Digest
+    body: bytes
+    manifest: Manifest
+
+    @property
+    def media_type(self) -> str:
+        return self.manifest.media_type
+
+
+class ManifestStore:
+    def __init__(
+        self, driver: StorageDriver, blobs: BlobStore, tags: Tags, cache_bytes: int
+    ) -> None:
+        self.driver = driver
+        self.blobs = blobs
+        self.tags = tags
+        # digest → parsed manifest; bodies are immutable, so this never goes stale.
+        self._cache: LRUCache[Digest, StoredManifest] = LRUCache(cache_bytes)
+
+    async def load(self, digest: Digest) -> StoredManifest:
+        """A manifest's body by digest from global storage (no repository check)."""
+        cached = self._cache.get(digest)
+        if cached is not None:
+            return cached
+        try:
+            body = await self.driver.get(paths.blob_data(digest))
+        except PathNotFound:
+            raise ManifestUnknown(f"manifest unknown: {digest}") from None
+        stored = StoredManifest(digest, body, parse_manifest(body))
+        self._cache.put(digest, stored, len(body) + 512)
+        return stored
+
+    async def has_revision(self, name: str, digest: Digest) -> bool:
+        try:
+            await self.driver.stat(paths.revision_link(name, digest))
+        except PathNotFound:
+            return False
+        return True
+
+    async def get(self, name: str, reference: str) -> StoredManifest:
+        ref = parse_reference(reference)
+        if isinstance(ref, Digest):
+            if not await self.has_revision(name, ref):
+                raise ManifestUnknown(f"manifest unknown: {name}@{ref}")
+            digest = ref
+        else:
+            # A tag only ever points at a stored revision, so no second lookup is needed.
+            digest = await self.tags.resolve(name, ref)
+        return await self.load(digest)
+
+    async def put(
+        self, name: str, reference: str, body: bytes, content_type: str | None
+    ) -> StoredManifest:
+        ref = parse_reference(reference)
+        algorithm = ref.algorithm if isinstance(ref, Digest) else "sha256"
+        digest = Digest(algorithm, hashlib.new(algorithm, body).hexdigest())
+        if isinstance(ref, Digest) and ref != digest:
+            raise DigestInvalid(f"manifest digest is {digest}, not {ref}")
+        manifest = parse_manifest(body, content_type)
+        await self._verify_references(name, manifest)
+
+        # Content first, then the links that make it visible: a crash in between leaves only
+        # unreferenced content for garbage collection, never a link to nothing.
+        await self.blobs.put_content(digest, body)
+        link = str(digest).encode()
+        await self.driver.put(paths.revision_link(name, digest), link)
+        if manifest.subject is not None:
+            await self.driver.put(paths.referrer_link(name, manifest.subject.digest, digest), link)
+        if not isinstance(ref, Digest):
+            await self.tags.set(name, ref, digest)
+        stored = StoredManifest(digest, body, manifest)
+        self._cache.put(digest, stored, len(body) + 512)
+        return stored
+
+    async def _verify_references(self, name: str, manifest: Manifest) -> None:
+        async def check_blob(desc: Descriptor) -> str | None:
+            try:
+                size = await self.blobs.size_in(name, desc.digest)
+            except BlobUnknown:
+                return f"blob unknown: {desc.digest}"
+            if size != desc.size:
+                return f"size of {desc.digest} is {size}, not {desc.size}"
+            return None
+
+        async def check_child(desc: Descriptor) -> str | None:
+            if await self.has_revision(name, desc.digest):
+                return None
+            return f"manifest unknown: {desc.digest}"
+
+        checks = [check_blob(d) for d in manifest.blob_references()]
+        checks += [check_child(d) for d in manifest.manifests]
+        problems = [p for p in await asyncio.gather(*checks) if p]
+        if problems:
+            size_problem = next((p for p in problems if p.startswith("size")), None)
+            if size_problem:
+                raise ManifestInvalid(size_problem, detail=problems[:20])
+            raise ManifestBlobUnknown(problems[0], detail=problems[:20])
+
+    async def delete(self, name: str, reference: str) -> None:
+        ref = parse_reference(reference)
+        if not isinstance(ref, Digest):
+            await self.tags.delete(name, ref)
+            return
+        if not await self.has_revision(name, ref):
+            raise ManifestUnknown(f"manifest unknown: {name}@{ref}")
+        for tag in await self.tags.pointing_at(name, ref):
+            await self.driver.delete(paths.tag_dir(name, tag))
+        try:
+            stored = await self.load(ref)
+        except (ManifestUnknown, ManifestInvalid):
+            stored = None
+        if stored is not None and stored.manifest.subject is not None:
+            await self.driver.delete(paths.referrer_link(name, stored.manifest.subject.digest, ref))
+        await self.driver.delete(paths.revision_link(name, ref))
+
+    async def referrers(
+        self, name: str, subject: Digest, artifact_type: str | None = None
+    ) -> list[dict[str, object]]:
+        """Descriptors of the manifests whose ``subject`` is ``subject``."""
+        base = paths.referrers(name, subject)
+        digests: list[Digest] = []
+        try:
+            for algorithm in await self.driver.list(base):
+                for hex_ in await self.driver.list(f"{base}/{algorithm}"):
+                    try:
+                        digests.append(Digest.parse(f"{algorithm}:{hex_}"))
+                    except DigestInvalid:
+                        continue
+        except PathNotFound:
+            return []
+
+        async def describe(digest: Digest) -> dict[str, object] | None:
+            try:
+                stored = await self.load(digest)
+            except (ManifestUnknown, ManifestInvalid):
+                return None
+            m = stored.manifest
+            kind = m.referrer_artifact_type()
+            if artifact_type is not None and kind != artifact_type:
+                return None
+            return Descriptor(
+                media_type=m.media_type,
+                digest=digest,
+                size=len(stored.body),
+                artifact_type=kind,
+                annotations=m.annotations,
+            ).to_json()
+
+        found = await asyncio.gather(*(describe(d) for d in digests))
+        return [d for d in found if d is not None]
+
+
+__all__ = ["ManifestStore", "StoredManifest"]

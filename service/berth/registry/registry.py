@@ -1,0 +1,62 @@
+"""The registry: the spec's rules, free of HTTP, over one storage driver."""
+
+from __future__ import annotations
+
+from ..config import Settings
+from ..storage.driver import StorageDriver
+from . import catalog
+from .blobs import BlobStore
+from .digest import Digest
+from .errors import RegistryError, Unsupported
+from .manifest_store import ManifestStore
+from .names import validate_name
+from .tags import Tags
+from .uploads import Uploads
+
+
+class Registry:
+    def __init__(self, driver: StorageDriver, settings: Settings) -> None:
+        self.driver = driver
+        self.settings = settings
+        self.blobs = BlobStore(driver, settings.cache.blob_descriptors)
+        self.tags = Tags(driver)
+        self.manifests = ManifestStore(driver, self.blobs, self.tags, settings.cache.manifest_bytes)
+        self.uploads = Uploads(driver, self.blobs)
+
+    # Guards shared by every write path.
+    def check_writable(self) -> None:
+        if self.settings.storage.read_only:
+            raise Unsupported("the registry is in read-only mode")
+
+    def check_delete(self) -> None:
+        self.check_writable()
+        if not self.settings.storage.delete_enabled:
+            raise Unsupported("deletion is disabled on this registry")
+
+    @staticmethod
+    def name(name: str) -> str:
+        return validate_name(name)
+
+    async def mount(self, name: str, digest: Digest, source: str | None) -> bool:
+        """Cross-repository mount. True when ``digest`` is now linked into ``name``.
+
+        With ``source``, the blob must be readable from that repository; without it, any blob
+        present in storage is mounted (automatic content discovery).
+        """
+        if source is not None:
+            try:
+                validate_name(source)
+            except RegistryError:
+                return False
+            if not await self.blobs.is_linked(source, digest):
+                return False
+        if not await self.blobs.exists(digest):
+            return False
+        await self.blobs.link(name, digest)
+        return True
+
+    async def catalog(self) -> list[str]:
+        return await catalog.repositories(self.driver)
+
+    async def close(self) -> None:
+        await self.driver.close()

@@ -1,0 +1,229 @@
+"""Upload sessions, kept entirely in storage so that any replica can continue any upload.
+
+A session is ``_uploads/<id>/`` (Distribution's layout): ``data`` (the bytes so far, written
+through the driver's appendable writer), ``startedat``, and ``hashstates/<alg>/<offset>``, the
+saved hash state after ``offset`` bytes. Request bodies are streamed to storage in bounded
+buffers while they are hashed; nothing holds a whole blob or chunk in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import uuid
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ..storage import paths
+from ..storage.driver import FileWriter, PathNotFound, StorageDriver
+from .blobs import BlobStore
+from .digest import Digest, Hasher, new_hasher, restore_hasher
+from .errors import BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
+
+# Bytes gathered before one write+hash step: large enough to amortise the thread hop,
+# small enough that memory per upload stays bounded.
+BUFFER_SIZE = 1024 * 1024
+DEFAULT_ALGORITHM = "sha256"
+_UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStatus:
+    upload_id: str
+    offset: int
+
+
+def validate_upload_id(upload_id: str) -> str:
+    if not _UPLOAD_ID_RE.match(upload_id):
+        raise BlobUploadUnknown(f"upload unknown: {upload_id[:100]!r}")
+    return upload_id
+
+
+class Uploads:
+    def __init__(self, driver: StorageDriver, blobs: BlobStore) -> None:
+        self.driver = driver
+        self.blobs = blobs
+
+    async def start(self, name: str) -> UploadStatus:
+        upload_id = str(uuid.uuid4())
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        await self.driver.put(paths.upload_started_at(name, upload_id), now.encode())
+        return UploadStatus(upload_id, 0)
+
+    async def _require(self, name: str, upload_id: str) -> None:
+        validate_upload_id(upload_id)
+        try:
+            await self.driver.stat(paths.upload_started_at(name, upload_id))
+        except PathNotFound:
+            raise BlobUploadUnknown(f"upload unknown: {upload_id}") from None
+
+    async def status(self, name: str, upload_id: str) -> UploadStatus:
+        await self._require(name, upload_id)
+        writer = await self.driver.writer(paths.upload_data(name, upload_id), append=True)
+        offset = writer.size
+        await writer.close()
+        return UploadStatus(upload_id, offset)
+
+    async def append(
+        self,
+        name: str,
+        upload_id: str,
+        body: AsyncIterable[bytes],
+        content_range: tuple[int, int] | None = None,
+        content_length: int | None = None,
+    ) -> UploadStatus:
+        """Append a chunk. With ``content_range`` its start must be the current offset."""
+        await self._require(name, upload_id)
+        if (
+            content_range is not None
+            and content_length is not None
+            and content_range[1] - content_range[0] + 1 != content_length
+        ):
+            raise SizeInvalid("Content-Length does not match Content-Range")
+        writer = await self.driver.writer(paths.upload_data(name, upload_id), append=True)
+        try:
+            start = writer.size
+            if content_range is not None and content_range[0] != start:
+                raise RangeInvalid(
+                    f"chunk starts at {content_range[0]}, upload is at {start}",
+                    headers=_range_headers(start),
+                )
+            hasher = await self._resume_hasher(name, upload_id, DEFAULT_ALGORITHM, start)
+            await _copy(body, writer, hasher)
+        except BaseException:
+            # Keep what reached storage (the client can ask where to resume); drop the buffer.
+            with contextlib.suppress(Exception):
+                await writer.close()
+            raise
+        await writer.close()
+        await self._save_state(name, upload_id, hasher, start, writer.size)
+        if content_range is not None and writer.size != content_range[1] + 1:
+            raise SizeInvalid("chunk length does not match Content-Range")
+        return UploadStatus(upload_id, writer.size)
+
+    async def complete(
+        self,
+        name: str,
+        upload_id: str,
+        digest: Digest,
+        body: AsyncIterable[bytes] | None = None,
+        content_range: tuple[int, int] | None = None,
+        content_length: int | None = None,
+    ) -> int:
+        """Finish an upload: verify the digest, commit the blob, link it. Returns its size."""
+        if body is not None:
+            await self.append(name, upload_id, body, content_range, content_length)
+        else:
+            await self._require(name, upload_id)
+        data_key = paths.upload_data(name, upload_id)
+        writer = await self.driver.writer(data_key, append=True)
+        size = writer.size
+        try:
+            hasher = await self._resume_hasher(name, upload_id, digest.algorithm, size)
+            if hasher.hexdigest() != digest.hex:
+                raise DigestInvalid(f"content does not match digest {digest}")
+            await writer.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await writer.cancel()
+            await self.cancel(name, upload_id)
+            raise
+        if await self.blobs.exists(digest):
+            await self.driver.delete(data_key)
+        else:
+            await self.driver.move(data_key, paths.blob_data(digest))
+            self.blobs.forget(digest)
+        await self.blobs.link(name, digest)
+        await self.driver.delete(paths.upload_dir(name, upload_id))
+        return size
+
+    async def cancel(self, name: str, upload_id: str) -> None:
+        await self._require(name, upload_id)
+        writer = await self.driver.writer(paths.upload_data(name, upload_id), append=True)
+        await writer.cancel()
+        await self.driver.delete(paths.upload_dir(name, upload_id))
+
+    async def monolithic(self, name: str, digest: Digest, body: AsyncIterable[bytes]) -> int:
+        """POST ?digest=: the whole blob in one request."""
+        status = await self.start(name)
+        try:
+            return await self.complete(name, status.upload_id, digest, body)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.cancel(name, status.upload_id)
+            raise
+
+    async def _resume_hasher(
+        self, name: str, upload_id: str, algorithm: str, offset: int
+    ) -> Hasher:
+        """A hasher positioned at ``offset``: from a saved state, topped up from the data."""
+        base, hasher = 0, None
+        try:
+            saved = await self.driver.list(paths.upload_hashstates(name, upload_id, algorithm))
+        except PathNotFound:
+            saved = []
+        for candidate in sorted((int(s) for s in saved if s.isdigit()), reverse=True):
+            if candidate > offset:
+                continue
+            key = paths.upload_hashstate(name, upload_id, algorithm, candidate)
+            with contextlib.suppress(PathNotFound):
+                hasher = restore_hasher(algorithm, await self.driver.get(key))
+            if hasher is not None:
+                base = candidate
+                break
+        if hasher is None:
+            hasher = new_hasher(algorithm)
+        if base < offset:
+            # Bytes written without a saved state (another algorithm, or a crash mid-chunk).
+            async for chunk in self.driver.read(
+                paths.upload_data(name, upload_id), base, offset - base
+            ):
+                await asyncio.to_thread(hasher.update, chunk)
+        return hasher
+
+    async def _save_state(
+        self, name: str, upload_id: str, hasher: Hasher, old_offset: int, new_offset: int
+    ) -> None:
+        state = hasher.state()
+        if state is None or new_offset == old_offset:
+            return
+        await self.driver.put(
+            paths.upload_hashstate(name, upload_id, hasher.algorithm, new_offset), state
+        )
+        await self.driver.delete(
+            paths.upload_hashstate(name, upload_id, hasher.algorithm, old_offset)
+        )
+
+
+async def _copy(body: AsyncIterable[bytes], writer: FileWriter, hasher: Hasher) -> None:
+    """Stream ``body`` into ``writer`` and ``hasher`` in bounded steps, hashing while writing."""
+    buffer = bytearray()
+    async for chunk in body:
+        buffer += chunk
+        if len(buffer) >= BUFFER_SIZE:
+            data = bytes(buffer)
+            buffer.clear()
+            await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+    if buffer:
+        data = bytes(buffer)
+        await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+
+
+def _range_headers(offset: int) -> dict[str, str]:
+    return {"Range": f"0-{max(offset - 1, 0)}"}
+
+
+def parse_content_range(value: str) -> tuple[int, int]:
+    """``<start>-<end>`` (inclusive), as the distribution spec sends it; ``bytes `` tolerated."""
+    text = value.strip()
+    if text.startswith("bytes "):
+        text = text[6:].split("/", 1)[0]
+    start_s, sep, end_s = text.partition("-")
+    if not sep or not start_s.isdigit() or not end_s.isdigit() or len(text) > 40:
+        raise RangeInvalid(f"invalid Content-Range: {value[:100]!r}")
+    start, end = int(start_s), int(end_s)
+    if end < start:
+        raise RangeInvalid(f"invalid Content-Range: {value[:100]!r}")
+    return start, end

@@ -1,0 +1,101 @@
+"""The one place that maps registry objects to storage keys.
+
+It reproduces CNCF Distribution's layout exactly, so a directory or bucket written by
+Distribution is served as it is, and Distribution reads what Berth writes::
+
+    docker/registry/v2/blobs/<alg>/<hex[:2]>/<hex>/data
+    docker/registry/v2/repositories/<name>/_layers/<alg>/<hex>/link
+    docker/registry/v2/repositories/<name>/_manifests/revisions/<alg>/<hex>/link
+    docker/registry/v2/repositories/<name>/_manifests/tags/<tag>/current/link
+    docker/registry/v2/repositories/<name>/_manifests/tags/<tag>/index/<alg>/<hex>/link
+    docker/registry/v2/repositories/<name>/_uploads/<id>/{data,startedat,hashstates/<alg>/<off>}
+
+Berth adds one directory Distribution ignores, an index of referrers by subject:
+``_manifests/referrers/<alg>/<subject-hex>/<alg>/<hex>/link``.
+
+Every argument has been validated (names.py, digest.py, upload ids) before it reaches here.
+"""
+
+from __future__ import annotations
+
+from ..registry.digest import Digest
+
+ROOT = "docker/registry/v2"
+BLOBS = f"{ROOT}/blobs"
+REPOSITORIES = f"{ROOT}/repositories"
+
+
+def blob_dir(digest: Digest) -> str:
+    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+
+
+def blob_data(digest: Digest) -> str:
+    return f"{blob_dir(digest)}/data"
+
+
+def repository(name: str) -> str:
+    return f"{REPOSITORIES}/{name}"
+
+
+def layer_link(name: str, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_layers/{digest.algorithm}/{digest.hex}/link"
+
+
+def manifests(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests"
+
+
+def revision_link(name: str, digest: Digest) -> str:
+    return f"{manifests(name)}/revisions/{digest.algorithm}/{digest.hex}/link"
+
+
+def revisions(name: str, algorithm: str) -> str:
+    return f"{manifests(name)}/revisions/{algorithm}"
+
+
+def tags(name: str) -> str:
+    return f"{manifests(name)}/tags"
+
+
+def tag_dir(name: str, tag: str) -> str:
+    return f"{tags(name)}/{tag}"
+
+
+def tag_current_link(name: str, tag: str) -> str:
+    return f"{tag_dir(name, tag)}/current/link"
+
+
+def tag_index_link(name: str, tag: str, digest: Digest) -> str:
+    return f"{tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}/link"
+
+
+def referrers(name: str, subject: Digest) -> str:
+    return f"{manifests(name)}/referrers/{subject.algorithm}/{subject.hex}"
+
+
+def referrer_link(name: str, subject: Digest, digest: Digest) -> str:
+    return f"{referrers(name, subject)}/{digest.algorithm}/{digest.hex}/link"
+
+
+def uploads(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_uploads"
+
+
+def upload_dir(name: str, upload_id: str) -> str:
+    return f"{uploads(name)}/{upload_id}"
+
+
+def upload_data(name: str, upload_id: str) -> str:
+    return f"{upload_dir(name, upload_id)}/data"
+
+
+def upload_started_at(name: str, upload_id: str) -> str:
+    return f"{upload_dir(name, upload_id)}/startedat"
+
+
+def upload_hashstates(name: str, upload_id: str, algorithm: str) -> str:
+    return f"{upload_dir(name, upload_id)}/hashstates/{algorithm}"
+
+
+def upload_hashstate(name: str, upload_id: str, algorithm: str, offset: int) -> str:
+    return f"{upload_hashstates(name, upload_id, algorithm)}/{offset}"
