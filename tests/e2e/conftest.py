@@ -294,10 +294,29 @@ def target_kind() -> str:
 
 @pytest.fixture(scope="session")
 def e2e_workdir() -> Iterator[Path]:
+    """Server roots, configs and logs. ``BERTH_E2E_KEEP=1`` keeps it (its path is printed)."""
     # Short path under /tmp: unix socket paths (containerd) are limited to 108 bytes.
     path = Path(tempfile.mkdtemp(prefix="berth-e2e-"))
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if os.environ.get("BERTH_E2E_KEEP"):
+        print(f"\nberth e2e: kept {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """On a failure, attach the log tail of every server the test used."""
+    report = yield
+    if report.failed:
+        seen: set[int] = set()
+        for value in getattr(item, "funcargs", {}).values():
+            values = value if isinstance(value, tuple | list) else (value,)
+            for v in values:
+                if isinstance(v, Server) and id(v) not in seen:
+                    seen.add(id(v))
+                    report.sections.append((f"{v.kind} {v.host} log", v.log_tail(80)))
+    return report
 
 
 @pytest.fixture(scope="session")
