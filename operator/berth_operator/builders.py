@@ -1,0 +1,724 @@
+"""Pure functions: a custom resource in, the desired Kubernetes objects out.
+
+Nothing here talks to the API; handlers apply what these return. Every builder takes the
+resource's name, namespace and *defaulted* spec (see ``crds.defaulted_spec``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from berth_operator import API_VERSION
+from berth_operator.crds import defaulted_spec
+
+Obj = dict[str, Any]
+
+HTTP_PORT = 5000
+CONFIG_DIR = "/etc/berth"
+CONFIG_PATH = f"{CONFIG_DIR}/config.yaml"
+CONFIG_KEY = "config.yaml"
+DATA_DIR = "/var/lib/berth"
+AUTH_DIR = f"{CONFIG_DIR}/auth"
+RUN_AS = 10001
+
+CHECKSUM_ANNOTATION = "berth.dev/config-checksum"
+REGISTRY_LABEL = "berth.dev/registry"
+GC_LABEL = "berth.dev/garbage-collection"
+MANAGED_BY = "berth-operator"
+
+
+class SpecError(ValueError):
+    """A spec the API server accepted but that cannot be run; the message is shown in status."""
+
+
+# --------------------------------------------------------------------------- names and labels
+
+
+def config_map_name(name: str) -> str:
+    return f"{name}-config"
+
+
+def pvc_name(name: str) -> str:
+    return f"{name}-data"
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "berth",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "registry",
+    }
+
+
+def registry_labels(name: str) -> dict[str, str]:
+    return {
+        **selector_labels(name),
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        REGISTRY_LABEL: name,
+    }
+
+
+def owner_reference(owner: Obj) -> Obj:
+    """A controller reference to ``owner`` (a custom resource body)."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner.get("apiVersion", API_VERSION),
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(name: str, namespace: str, labels: dict[str, str], **extra: Any) -> Obj:
+    meta: Obj = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    meta.update({k: v for k, v in extra.items() if v})
+    return meta
+
+
+def in_cluster_url(name: str, namespace: str, spec: Obj) -> str:
+    return f"http://{name}.{namespace}.svc:{spec['service']['port']}"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_registry_spec(spec: Obj) -> None:
+    """Raise ``SpecError`` for what the CRD schema cannot express (or a cluster did not enforce)."""
+    problems: list[str] = []
+    storage = spec["storage"]
+    if storage["driver"] == "s3" and not (storage.get("s3") or {}).get("bucket"):
+        problems.append("storage.s3.bucket is required when storage.driver is s3")
+    if storage["driver"] == "filesystem":
+        fs = storage["filesystem"]
+        scaled = spec["autoscaling"]["enabled"] or spec["replicas"] > 1
+        if fs["accessMode"] == "ReadWriteOnce" and scaled:
+            problems.append(
+                "storage.filesystem.accessMode ReadWriteOnce serves a single replica: set "
+                "replicas to 1 (and autoscaling off), use ReadWriteMany, or use s3 storage"
+            )
+    auth = spec["auth"]
+    if auth["mode"] == "htpasswd" and not (auth.get("htpasswd") or {}).get("secretName"):
+        problems.append("auth.htpasswd.secretName is required when auth.mode is htpasswd")
+    if auth["mode"] == "token":
+        token = auth.get("token") or {}
+        if not token.get("secretName") or not token.get("realm"):
+            problems.append("auth.token.secretName and auth.token.realm are required for token")
+    scaling = spec["autoscaling"]
+    if scaling["enabled"] and scaling["minReplicas"] > scaling["maxReplicas"]:
+        problems.append("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+    if spec["ingress"]["enabled"] and not spec["ingress"].get("host"):
+        problems.append("ingress.host is required when ingress.enabled is true")
+    extra_http = (spec.get("config") or {}).get("http") or {}
+    for key in ("host", "port"):
+        if key in extra_http:
+            problems.append(f"config.http.{key} is set by the operator and cannot be overridden")
+    if problems:
+        raise SpecError("; ".join(problems))
+
+
+# --------------------------------------------------------------------------- registry config
+
+
+@dataclass
+class AuthParts:
+    """The ``auth`` section of the registry config and the Secret files it needs mounted."""
+
+    config: Obj | None = None
+    volumes: list[Obj] = field(default_factory=list)
+    mounts: list[Obj] = field(default_factory=list)
+
+
+def auth_parts(spec: Obj) -> AuthParts:
+    """Map ``spec.auth`` to the registry's ``auth:`` config section, Secrets mounted as files.
+
+    Kept in one place on purpose: the registry's auth settings are still settling.
+    """
+    auth = spec["auth"]
+    mode = auth["mode"]
+    if mode == "none":
+        return AuthParts()
+    if mode == "htpasswd":
+        ref = auth["htpasswd"]
+        key = ref.get("key", "htpasswd")
+        return AuthParts(
+            config={"mode": "htpasswd", "htpasswd": {"path": f"{AUTH_DIR}/htpasswd"}},
+            volumes=[
+                {
+                    "name": "auth",
+                    "secret": {
+                        "secretName": ref["secretName"],
+                        "items": [{"key": key, "path": "htpasswd"}],
+                    },
+                }
+            ],
+            mounts=[{"name": "auth", "mountPath": AUTH_DIR, "readOnly": True}],
+        )
+    token = auth["token"]
+    key = token.get("key", "tls.crt")
+    section: Obj = {"realm": token["realm"], "rootcertbundle": f"{AUTH_DIR}/token.crt"}
+    for src, dst in (("service", "service"), ("issuer", "issuer")):
+        if token.get(src):
+            section[dst] = token[src]
+    return AuthParts(
+        config={"mode": "token", "token": section},
+        volumes=[
+            {
+                "name": "auth",
+                "secret": {
+                    "secretName": token["secretName"],
+                    "items": [{"key": key, "path": "token.crt"}],
+                },
+            }
+        ],
+        mounts=[{"name": "auth", "mountPath": AUTH_DIR, "readOnly": True}],
+    )
+
+
+def deep_merge(base: Obj, override: Obj) -> Obj:
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = deep_merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def registry_config(spec: Obj) -> Obj:
+    """The registry's config file (see service/berth/config.py), as a dict."""
+    storage = spec["storage"]
+    http: Obj = {"host": "0.0.0.0", "port": HTTP_PORT}
+    if spec.get("externalURL"):
+        http["base_url"] = spec["externalURL"]
+    store: Obj = {
+        "driver": storage["driver"],
+        "redirect": storage["redirect"]["enabled"],
+        "redirect_expiry_seconds": storage["redirect"]["expirySeconds"],
+        "delete_enabled": storage["deleteEnabled"],
+        "read_only": storage["readOnly"],
+    }
+    if storage["driver"] == "filesystem":
+        store["filesystem"] = {"root": DATA_DIR}
+    else:
+        s3 = storage["s3"]
+        s3_config: Obj = {"bucket": s3["bucket"], "region": s3.get("region", "us-east-1")}
+        for src, dst in (
+            ("endpoint", "endpoint_url"),
+            ("publicEndpoint", "public_endpoint_url"),
+            ("rootDirectory", "root_directory"),
+            ("pathStyle", "path_style"),
+            ("storageClass", "storage_class"),
+        ):
+            if s3.get(src) is not None:
+                s3_config[dst] = s3[src]
+        store["s3"] = s3_config
+    config: Obj = {
+        "http": http,
+        "storage": store,
+        "observability": {"log_format": "json", "metrics": True},
+    }
+    auth = auth_parts(spec).config
+    if auth is not None:
+        config["auth"] = auth
+    return deep_merge(config, spec.get("config") or {})
+
+
+def render_config(config: Obj) -> str:
+    return yaml.safe_dump(config, sort_keys=True, default_flow_style=False)
+
+
+def checksum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- pod parts
+
+
+POD_SECURITY_CONTEXT: Obj = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "fsGroup": RUN_AS,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+CONTAINER_SECURITY_CONTEXT: Obj = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+@dataclass
+class PodParts:
+    volumes: list[Obj]
+    mounts: list[Obj]
+    env: list[Obj]
+
+
+def pod_parts(name: str, spec: Obj) -> PodParts:
+    """Volumes, mounts and environment shared by the registry pods and the GC jobs."""
+    storage = spec["storage"]
+    volumes: list[Obj] = [
+        {"name": "config", "configMap": {"name": config_map_name(name)}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[Obj] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    env: list[Obj] = []
+    if storage["driver"] == "filesystem":
+        claim = storage["filesystem"].get("claimName") or pvc_name(name)
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": "data", "mountPath": DATA_DIR})
+    else:
+        secret = (storage.get("s3") or {}).get("credentialsSecret")
+        if secret:
+            for var, key_field, default in (
+                ("AWS_ACCESS_KEY_ID", "accessKeyIdKey", "AWS_ACCESS_KEY_ID"),
+                ("AWS_SECRET_ACCESS_KEY", "secretAccessKeyKey", "AWS_SECRET_ACCESS_KEY"),
+            ):
+                env.append(
+                    {
+                        "name": var,
+                        "valueFrom": {
+                            "secretKeyRef": {
+                                "name": secret["name"],
+                                "key": secret.get(key_field, default),
+                            }
+                        },
+                    }
+                )
+    auth = auth_parts(spec)
+    volumes += auth.volumes
+    mounts += auth.mounts
+    return PodParts(volumes=volumes, mounts=mounts, env=env)
+
+
+def _image(spec: Obj, default_image: str) -> str:
+    return str(spec.get("image") or default_image)
+
+
+def _pod_common(spec: Obj) -> Obj:
+    pod: Obj = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+    }
+    if spec.get("serviceAccountName"):
+        pod["serviceAccountName"] = spec["serviceAccountName"]
+    if spec.get("imagePullSecrets"):
+        pod["imagePullSecrets"] = copy.deepcopy(spec["imagePullSecrets"])
+    if spec.get("nodeSelector"):
+        pod["nodeSelector"] = dict(spec["nodeSelector"])
+    if spec.get("tolerations"):
+        pod["tolerations"] = copy.deepcopy(spec["tolerations"])
+    return pod
+
+
+# --------------------------------------------------------------------------- registry objects
+
+
+def build_config_map(name: str, namespace: str, spec: Obj) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(config_map_name(name), namespace, registry_labels(name)),
+        "data": {CONFIG_KEY: render_config(registry_config(spec))},
+    }
+
+
+def build_pvc(name: str, namespace: str, spec: Obj) -> Obj | None:
+    """The data claim, when the operator is to create it. It gets no owner: data outlives it."""
+    storage = spec["storage"]
+    if storage["driver"] != "filesystem" or storage["filesystem"].get("claimName"):
+        return None
+    fs = storage["filesystem"]
+    pvc_spec: Obj = {
+        "accessModes": [fs["accessMode"]],
+        "resources": {"requests": {"storage": fs["size"]}},
+    }
+    if fs.get("storageClassName"):
+        pvc_spec["storageClassName"] = fs["storageClassName"]
+    meta = _meta(pvc_name(name), namespace, registry_labels(name))
+    meta["annotations"] = {"helm.sh/resource-policy": "keep", "berth.dev/retain": "true"}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": pvc_spec}
+
+
+def build_deployment(name: str, namespace: str, spec: Obj, default_image: str) -> Obj:
+    config_text = render_config(registry_config(spec))
+    parts = pod_parts(name, spec)
+    single_writer = (
+        spec["storage"]["driver"] == "filesystem"
+        and spec["storage"]["filesystem"]["accessMode"] == "ReadWriteOnce"
+    )
+    container: Obj = {
+        "name": "registry",
+        "image": _image(spec, default_image),
+        "imagePullPolicy": spec["imagePullPolicy"],
+        "command": ["berth", "serve", "--config", CONFIG_PATH],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "initialDelaySeconds": 5,
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "resources": copy.deepcopy(spec["resources"]),
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
+        "volumeMounts": parts.mounts,
+    }
+    if parts.env:
+        container["env"] = parts.env
+    pod = _pod_common(spec)
+    pod.update(
+        {
+            "containers": [container],
+            "volumes": parts.volumes,
+            "terminationGracePeriodSeconds": 30,
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": selector_labels(name)},
+                }
+            ],
+        }
+    )
+    annotations = dict(spec.get("podAnnotations") or {})
+    annotations[CHECKSUM_ANNOTATION] = checksum(config_text)
+    deployment_spec: Obj = {
+        "selector": {"matchLabels": selector_labels(name)},
+        "revisionHistoryLimit": 5,
+        "strategy": (
+            {"type": "Recreate"}
+            if single_writer
+            else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+        ),
+        "template": {
+            "metadata": {"labels": registry_labels(name), "annotations": annotations},
+            "spec": pod,
+        },
+    }
+    if not spec["autoscaling"]["enabled"]:
+        deployment_spec["replicas"] = spec["replicas"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(name, namespace, registry_labels(name)),
+        "spec": deployment_spec,
+    }
+
+
+def build_service(name: str, namespace: str, spec: Obj) -> Obj:
+    svc = spec["service"]
+    port: Obj = {"name": "http", "port": svc["port"], "targetPort": "http", "protocol": "TCP"}
+    if svc["type"] != "ClusterIP" and svc.get("nodePort"):
+        port["nodePort"] = svc["nodePort"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, namespace, registry_labels(name)),
+        "spec": {"type": svc["type"], "selector": selector_labels(name), "ports": [port]},
+    }
+
+
+def build_hpa(name: str, namespace: str, spec: Obj) -> Obj | None:
+    scaling = spec["autoscaling"]
+    if not scaling["enabled"]:
+        return None
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(name, namespace, registry_labels(name)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": scaling["minReplicas"],
+            "maxReplicas": scaling["maxReplicas"],
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": scaling["targetCPUUtilizationPercentage"],
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def build_pdb(name: str, namespace: str, spec: Obj) -> Obj | None:
+    pdb = spec["podDisruptionBudget"]
+    if not pdb["enabled"]:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(name, namespace, registry_labels(name)),
+        "spec": {
+            "maxUnavailable": pdb["maxUnavailable"],
+            "selector": {"matchLabels": selector_labels(name)},
+        },
+    }
+
+
+def build_service_monitor(name: str, namespace: str, spec: Obj) -> Obj | None:
+    monitor = spec["serviceMonitor"]
+    if not monitor["enabled"]:
+        return None
+    labels = {**registry_labels(name), **(monitor.get("labels") or {})}
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _meta(name, namespace, labels),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(name)},
+            "namespaceSelector": {"matchNames": [namespace]},
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": monitor["interval"]}],
+        },
+    }
+
+
+def build_ingress(name: str, namespace: str, spec: Obj) -> Obj | None:
+    ingress = spec["ingress"]
+    if not ingress["enabled"]:
+        return None
+    annotations = dict(ingress.get("annotations") or {})
+    if ingress.get("className") == "nginx":
+        # Layers can be large: let ingress-nginx stream bodies of any size.
+        annotations.setdefault("nginx.ingress.kubernetes.io/proxy-body-size", "0")
+    ingress_spec: Obj = {
+        "rules": [
+            {
+                "host": ingress["host"],
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {
+                                "service": {"name": name, "port": {"name": "http"}},
+                            },
+                        }
+                    ]
+                },
+            }
+        ]
+    }
+    if ingress.get("className"):
+        ingress_spec["ingressClassName"] = ingress["className"]
+    if ingress.get("tlsSecretName"):
+        ingress_spec["tls"] = [{"hosts": [ingress["host"]], "secretName": ingress["tlsSecretName"]}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": _meta(name, namespace, registry_labels(name), annotations=annotations),
+        "spec": ingress_spec,
+    }
+
+
+def build_registry_objects(
+    body: Obj, default_image: str, *, service_monitor_supported: bool = True
+) -> list[Obj]:
+    """Every object a Registry owns, in apply order, with owner references set.
+
+    The PVC, if any, is returned too but without an owner reference (data is never deleted).
+    """
+    name = body["metadata"]["name"]
+    namespace = body["metadata"]["namespace"]
+    spec = defaulted_spec("Registry", body.get("spec"))
+    validate_registry_spec(spec)
+    owned: list[Obj | None] = [
+        build_config_map(name, namespace, spec),
+        build_service(name, namespace, spec),
+        build_deployment(name, namespace, spec, default_image),
+        build_hpa(name, namespace, spec),
+        build_pdb(name, namespace, spec),
+        build_service_monitor(name, namespace, spec) if service_monitor_supported else None,
+        build_ingress(name, namespace, spec),
+    ]
+    result: list[Obj] = []
+    pvc = build_pvc(name, namespace, spec)
+    if pvc is not None:
+        result.append(pvc)
+    for obj in owned:
+        if obj is not None:
+            obj["metadata"]["ownerReferences"] = [owner_reference(body)]
+            result.append(obj)
+    return result
+
+
+# --------------------------------------------------------------------------- garbage collection
+
+GC_RESULT_FILE = "/dev/termination-log"
+
+
+def gc_command(spec: Obj) -> list[str]:
+    """``berth gc`` with the GarbageCollection's options."""
+    args = ["berth", "gc", "--config", CONFIG_PATH, "--grace-period", spec["gracePeriod"]]
+    if spec["deleteUntagged"]:
+        args.append("--delete-untagged")
+    if spec["dryRun"]:
+        args.append("--dry-run")
+    args.append("--json")
+    return args
+
+
+def _shell_quote(arg: str) -> str:
+    if arg and all(c.isalnum() or c in "-_./=:" for c in arg):
+        return arg
+    return "'" + arg.replace("'", "'\"'\"'") + "'"
+
+
+def gc_shell(spec: Obj) -> str:
+    """Run ``berth gc`` and keep its JSON summary as the termination message (read for status)."""
+    command = " ".join(_shell_quote(a) for a in gc_command(spec))
+    return f'{command} > {GC_RESULT_FILE}; rc=$?; cat {GC_RESULT_FILE}; exit "$rc"'
+
+
+def gc_job_hash(gc_spec: Obj, registry_spec: Obj) -> str:
+    relevant = {
+        "gc": gc_spec,
+        "storage": registry_spec["storage"],
+        "image": registry_spec.get("image"),
+    }
+    return checksum(json.dumps(relevant, sort_keys=True))[:8]
+
+
+def build_gc_job_template(
+    gc_name: str,
+    registry_name: str,
+    namespace: str,
+    gc_spec: Obj,
+    registry_spec: Obj,
+    default_image: str,
+) -> Obj:
+    """The Job spec (``jobTemplate.spec`` of a CronJob, or a Job's spec)."""
+    parts = pod_parts(registry_name, registry_spec)
+    labels = {
+        "app.kubernetes.io/name": "berth",
+        "app.kubernetes.io/instance": registry_name,
+        "app.kubernetes.io/component": "garbage-collection",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        GC_LABEL: gc_name,
+    }
+    container: Obj = {
+        "name": "gc",
+        "image": _image(registry_spec, default_image),
+        "imagePullPolicy": registry_spec["imagePullPolicy"],
+        "command": ["/bin/sh", "-c", gc_shell(gc_spec)],
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
+        "volumeMounts": parts.mounts,
+        "terminationMessagePolicy": "File",
+    }
+    if parts.env:
+        container["env"] = parts.env
+    if gc_spec.get("resources"):
+        container["resources"] = copy.deepcopy(gc_spec["resources"])
+    pod = _pod_common(registry_spec)
+    pod.update({"restartPolicy": "Never", "containers": [container], "volumes": parts.volumes})
+    storage = registry_spec["storage"]
+    if storage["driver"] == "filesystem" and storage["filesystem"]["accessMode"] == "ReadWriteOnce":
+        # A ReadWriteOnce volume is attached to one node: run next to the registry pod.
+        pod["affinity"] = {
+            "podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "labelSelector": {"matchLabels": selector_labels(registry_name)},
+                        "topologyKey": "kubernetes.io/hostname",
+                    }
+                ]
+            }
+        }
+    return {
+        "backoffLimit": gc_spec["backoffLimit"],
+        "template": {"metadata": {"labels": labels}, "spec": pod},
+    }
+
+
+def build_gc_workload(body: Obj, registry: Obj, default_image: str) -> Obj:
+    """A CronJob (``spec.schedule`` set) or a one-shot Job for a GarbageCollection."""
+    name = body["metadata"]["name"]
+    namespace = body["metadata"]["namespace"]
+    gc_spec = defaulted_spec("GarbageCollection", body.get("spec"))
+    registry_name = gc_spec["registryRef"]["name"]
+    registry_spec = defaulted_spec("Registry", registry.get("spec"))
+    validate_registry_spec(registry_spec)
+    labels = {
+        "app.kubernetes.io/name": "berth",
+        "app.kubernetes.io/instance": registry_name,
+        "app.kubernetes.io/component": "garbage-collection",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        GC_LABEL: name,
+    }
+    job_spec = build_gc_job_template(
+        name, registry_name, namespace, gc_spec, registry_spec, default_image
+    )
+    owner = [owner_reference(body)]
+    if gc_spec.get("schedule"):
+        cron_spec: Obj = {
+            "schedule": gc_spec["schedule"],
+            "suspend": gc_spec["suspend"],
+            "concurrencyPolicy": "Forbid",
+            "successfulJobsHistoryLimit": gc_spec["successfulJobsHistoryLimit"],
+            "failedJobsHistoryLimit": gc_spec["failedJobsHistoryLimit"],
+            "jobTemplate": {"metadata": {"labels": labels}, "spec": job_spec},
+        }
+        if gc_spec.get("timeZone"):
+            cron_spec["timeZone"] = gc_spec["timeZone"]
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": _meta(f"{name}-gc", namespace, labels, ownerReferences=owner),
+            "spec": cron_spec,
+        }
+    # A Job's pod template is immutable: a changed spec is a new Job (named by its hash).
+    job_name = f"{name}-gc-{gc_job_hash(gc_spec, registry_spec)}"
+    job_spec["suspend"] = gc_spec["suspend"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(job_name, namespace, labels, ownerReferences=owner),
+        "spec": job_spec,
+    }
+
+
+__all__ = [
+    "AuthParts",
+    "SpecError",
+    "auth_parts",
+    "build_config_map",
+    "build_deployment",
+    "build_gc_workload",
+    "build_hpa",
+    "build_ingress",
+    "build_pdb",
+    "build_pvc",
+    "build_registry_objects",
+    "build_service",
+    "build_service_monitor",
+    "registry_config",
+    "validate_registry_spec",
+]

@@ -1,0 +1,273 @@
+"""A small async Kubernetes REST client and the compare-and-patch apply on top of it.
+
+Credentials come from the ``kubernetes`` library's loaders (in-cluster service account, else
+kubeconfig), read the same way kopf reads them; requests go through aiohttp on the operator's
+event loop, so handlers stay async and never block it.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+Obj = dict[str, Any]
+
+LAST_APPLIED = "berth.dev/last-applied"
+MERGE_PATCH = "application/merge-patch+json"
+
+# kind -> (apiVersion, plural); every kind the operator reads or writes.
+KINDS: dict[str, tuple[str, str]] = {
+    "ConfigMap": ("v1", "configmaps"),
+    "Service": ("v1", "services"),
+    "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
+    "Pod": ("v1", "pods"),
+    "Deployment": ("apps/v1", "deployments"),
+    "HorizontalPodAutoscaler": ("autoscaling/v2", "horizontalpodautoscalers"),
+    "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets"),
+    "ServiceMonitor": ("monitoring.coreos.com/v1", "servicemonitors"),
+    "Ingress": ("networking.k8s.io/v1", "ingresses"),
+    "CronJob": ("batch/v1", "cronjobs"),
+    "Job": ("batch/v1", "jobs"),
+    "Registry": ("berth.dev/v1alpha1", "registries"),
+    "GarbageCollection": ("berth.dev/v1alpha1", "garbagecollections"),
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def object_path(kind: str, namespace: str | None, name: str | None = None) -> str:
+    api_version, plural = KINDS[kind]
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+@dataclass
+class Credentials:
+    server: str
+    authorization: str | None = None
+    ca_path: str | None = None
+    cert_path: str | None = None
+    key_path: str | None = None
+    verify: bool = True
+
+
+def load_credentials() -> Credentials:
+    """In-cluster service account first, then kubeconfig (as kopf's own login does)."""
+    import kubernetes.client
+    import kubernetes.config
+
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    config = kubernetes.client.Configuration.get_default_copy()
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix(
+        "authorization"
+    )
+    if header and " " not in header:
+        header = f"Bearer {header}"
+    return Credentials(
+        server=config.host.rstrip("/"),
+        authorization=header,
+        ca_path=config.ssl_ca_cert,
+        cert_path=config.cert_file,
+        key_path=config.key_file,
+        verify=bool(config.verify_ssl),
+    )
+
+
+class Kube:
+    """Minimal JSON client: get / list / create / merge-patch / delete."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self.credentials = credentials
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        creds = self.credentials
+        if not creds.server.startswith("https"):
+            return False
+        if not creds.verify:
+            return False
+        context = ssl.create_default_context(cafile=creds.ca_path)
+        if creds.cert_path:
+            context.load_cert_chain(creds.cert_path, creds.key_path)
+        return context
+
+    async def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl())
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if self.credentials.authorization:
+            headers["Authorization"] = self.credentials.authorization
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body)
+        session = await self._client()
+        url = self.credentials.server + path
+        async with session.request(method, url, data=data, headers=headers, params=params) as rsp:
+            text = await rsp.text()
+            if rsp.status >= 400:
+                try:
+                    status = json.loads(text)
+                    reason, message = status.get("reason", ""), status.get("message", text)
+                except ValueError:
+                    reason, message = rsp.reason or "", text
+                raise ApiError(rsp.status, str(reason), str(message)[:500])
+            return json.loads(text) if text else None
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
+        try:
+            result: Obj = await self.request("GET", object_path(kind, namespace, name))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+        return result
+
+    async def list(self, kind: str, namespace: str | None, label_selector: str) -> list[Obj]:
+        result = await self.request(
+            "GET", object_path(kind, namespace), params={"labelSelector": label_selector}
+        )
+        return list(result.get("items") or [])
+
+    async def create(self, obj: Obj) -> Obj:
+        meta = obj["metadata"]
+        result: Obj = await self.request(
+            "POST", object_path(obj["kind"], meta.get("namespace")), obj
+        )
+        return result
+
+    async def patch(
+        self, kind: str, namespace: str | None, name: str, patch: Any, *, subresource: str = ""
+    ) -> Obj:
+        path = object_path(kind, namespace, name) + (f"/{subresource}" if subresource else "")
+        result: Obj = await self.request("PATCH", path, patch, content_type=MERGE_PATCH)
+        return result
+
+    async def delete(self, kind: str, namespace: str | None, name: str) -> bool:
+        """Delete in the background (dependents by the garbage collector); False if absent."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        try:
+            await self.request("DELETE", object_path(kind, namespace, name), body)
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    async def has_api(self, group_version: str, plural: str) -> bool:
+        """Whether the API server serves ``plural`` in ``group_version`` (e.g. a CRD exists)."""
+        try:
+            result = await self.request("GET", f"/apis/{group_version}")
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in (result or {}).get("resources") or [])
+
+
+# --------------------------------------------------------------------------- compare and patch
+
+
+def is_subset(desired: Any, current: Any) -> bool:
+    """True when every field of ``desired`` has the same value in ``current`` (server defaults
+    and server-managed fields in ``current`` are ignored)."""
+    if isinstance(desired, dict):
+        return isinstance(current, dict) and all(
+            is_subset(v, current.get(k)) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(current, list)
+            and len(desired) == len(current)
+            and all(is_subset(d, c) for d, c in zip(desired, current, strict=True))
+        )
+    return bool(desired == current)
+
+
+def three_way_patch(last: Any, desired: Obj, current: Obj) -> Obj:
+    """A JSON merge patch that makes ``current`` match ``desired`` and drops the fields that
+    the previous apply (``last``) set but ``desired`` no longer has."""
+    patch: Obj = {}
+    last = last if isinstance(last, dict) else {}
+    for key, value in desired.items():
+        cur = current.get(key)
+        if isinstance(value, dict) and isinstance(cur, dict):
+            sub = three_way_patch(last.get(key), value, cur)
+            if sub:
+                patch[key] = sub
+        elif not is_subset(value, cur) or (value == {} and cur is None):
+            patch[key] = value
+    for key in last:
+        if key not in desired and key in current:
+            patch[key] = None
+    return patch
+
+
+def with_last_applied(desired: Obj) -> Obj:
+    body = json.loads(json.dumps(desired))
+    text = json.dumps(desired, sort_keys=True, separators=(",", ":"))
+    body["metadata"].setdefault("annotations", {})[LAST_APPLIED] = text
+    return body
+
+
+async def apply(kube: Kube, desired: Obj, *, create_only: bool = False) -> str:
+    """Create ``desired`` or patch the live object towards it. Returns what was done:
+    ``created``, ``patched`` or ``unchanged``. Idempotent."""
+    meta = desired["metadata"]
+    current = await kube.get(desired["kind"], meta.get("namespace"), meta["name"])
+    body = with_last_applied(desired)
+    if current is None:
+        try:
+            await kube.create(body)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            return "unchanged"  # created concurrently; the next pass compares
+        return "created"
+    if create_only:
+        return "unchanged"
+    annotations = (current.get("metadata") or {}).get("annotations") or {}
+    try:
+        last = json.loads(annotations.get(LAST_APPLIED, "{}"))
+    except ValueError:
+        last = {}
+    patch = three_way_patch(last, body, current)
+    patch.pop("apiVersion", None)
+    patch.pop("kind", None)
+    if not patch:
+        return "unchanged"
+    await kube.patch(desired["kind"], meta.get("namespace"), meta["name"], patch)
+    return "patched"
