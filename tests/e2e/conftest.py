@@ -205,13 +205,17 @@ class RegistryFactory:
     def new_root(self) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"{self.kind}-root-", dir=self.workdir))
 
-    def start(self, root: Path | None = None) -> Server:
+    def start(self, root: Path | None = None, config: dict | None = None) -> Server:
+        """A new server on a free port, serving ``root`` (a new directory if None).
+
+        ``config``: extra settings merged into the server's configuration file (berth only).
+        """
         root = root or self.new_root()
         root.mkdir(parents=True, exist_ok=True)
         last: Exception | None = None
         for _ in range(3):  # a free port can be taken between bind() and the server's listen()
             port = free_port()
-            server = self._spawn(port, root)
+            server = self._spawn(port, root, config)
             self.servers.append(server)
             try:
                 wait_registry_ready(server)
@@ -221,7 +225,7 @@ class RegistryFactory:
                 server.stop()
         raise RuntimeError(f"could not start {self.kind}: {last}")
 
-    def _spawn(self, port: int, root: Path) -> Server:
+    def _spawn(self, port: int, root: Path, config: dict | None) -> Server:
         raise NotImplementedError
 
     def stop_all(self) -> None:
@@ -232,11 +236,19 @@ class RegistryFactory:
 class BerthFactory(RegistryFactory):
     kind = "berth"
 
-    def _spawn(self, port: int, root: Path) -> Server:
+    def _spawn(self, port: int, root: Path, config: dict | None) -> Server:
         exe = require_tool("berth")
         log = self.workdir / f"berth-{port}.log"
         cmd = [exe, "serve", "--host", "127.0.0.1", "--port", str(port)]
-        cmd += ["--storage-root", str(root)]
+        if config is None:
+            cmd += ["--storage-root", str(root)]
+        else:
+            # Exercise `berth serve --config FILE` (JSON is YAML): the file names the root.
+            settings = json.loads(json.dumps(config))
+            settings.setdefault("storage", {}).setdefault("filesystem", {})["root"] = str(root)
+            path = self.workdir / f"berth-{port}.yaml"
+            path.write_text(json.dumps(settings, indent=2))
+            cmd += ["--config", str(path)]
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -247,7 +259,9 @@ class BerthFactory(RegistryFactory):
 class DistributionFactory(RegistryFactory):
     kind = "distribution"
 
-    def _spawn(self, port: int, root: Path) -> Server:
+    def _spawn(self, port: int, root: Path, config: dict | None) -> Server:
+        if config:
+            raise ValueError("extra config is for berth only")
         exe = require_tool("docker-registry")
         config = self.workdir / f"distribution-{port}.yml"
         # JSON is YAML: Distribution 2.8.2, filesystem driver, deletes on, no purging.

@@ -94,6 +94,7 @@ class OCILayout:
     def __init__(self, path: Path | str, rng: random.Random | None = None) -> None:
         self.path = Path(path)
         self.rng = rng or random.Random()
+        self.diff_ids: dict[str, str] = {}  # layer digest -> diff_id, for layers written here
         (self.path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (self.path / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
         if not (self.path / "index.json").exists():
@@ -121,13 +122,19 @@ class OCILayout:
         variant: str | None = None,
         files_per_layer: int = 3,
         annotations: dict[str, str] | None = None,
+        base: list[dict[str, Any]] | None = None,
     ) -> Written:
-        """Write a multi-layer image (layers, config, manifest); returns the manifest."""
-        layer_descs = []
-        diff_ids = []
+        """Write a multi-layer image (layers, config, manifest); returns the manifest.
+
+        ``base``: layer descriptors already written here, put below the new random layers
+        (images that share layers, as images built from one base do).
+        """
+        layer_descs = list(base or [])
+        diff_ids = [self.diff_ids[d["digest"]] for d in layer_descs]
         for _ in range(layers):
             data, diff_id = random_layer(self.rng, files=files_per_layer)
             layer_descs.append(self.add_blob(data, MT_LAYER_GZIP))
+            self.diff_ids[layer_descs[-1]["digest"]] = diff_id
             diff_ids.append(diff_id)
         config: dict[str, Any] = {
             "created": "2024-01-01T00:00:00Z",
@@ -139,7 +146,8 @@ class OCILayout:
                 "Labels": {"berth.test/nonce": f"{self.rng.getrandbits(64):016x}"},
             },
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "ocilayout.py"}] * layers,
+            "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "ocilayout.py"}]
+            * len(layer_descs),
         }
         if variant:
             config["variant"] = variant
