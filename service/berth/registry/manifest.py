@@ -95,8 +95,9 @@ def parse_descriptor(obj: Any, where: str) -> Descriptor:
         raise _fail(f"{where} must be a descriptor object")
     media_type = _str(obj, "mediaType")
     assert media_type is not None
+    raw_digest = obj.get("digest")
     try:
-        digest = Digest.parse(obj.get("digest") if isinstance(obj.get("digest"), str) else "")
+        digest = Digest.parse(raw_digest if isinstance(raw_digest, str) else "")
     except DigestInvalid:
         raise _fail(f"{where} has an invalid digest") from None
     size = obj.get("size")
