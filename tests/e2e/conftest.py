@@ -366,6 +366,23 @@ def distribution(distribution_factory: DistributionFactory) -> Server:
     return distribution_factory.start()
 
 
+@pytest.fixture(scope="session")
+def replica_pair(target_factory: RegistryFactory) -> tuple[Server, Server]:
+    """Two processes of the registry under test serving ONE storage directory."""
+    root = target_factory.new_root()
+    return target_factory.start(root=root), target_factory.start(root=root)
+
+
+@pytest.fixture(scope="session")
+def shared_pair(
+    target_factory: RegistryFactory, distribution_factory: DistributionFactory
+) -> tuple[Server, Server]:
+    """(registry under test, CNCF Distribution 2.8.2), both serving ONE storage directory."""
+    root = distribution_factory.new_root()
+    dist = distribution_factory.start(root=root)
+    return target_factory.start(root=root), dist
+
+
 # -- containerd ----------------------------------------------------------------------------------
 
 

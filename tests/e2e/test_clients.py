@@ -13,7 +13,6 @@ import pytest
 
 from .conftest import (
     Containerd,
-    RegistryFactory,
     Server,
     Skopeo,
     location_path,
@@ -204,38 +203,32 @@ def test_oras_chunked_push_and_pull(tmp_path: Path, registry: Server, repo: str)
 
 
 def test_concurrent_pushes_through_two_replicas(
-    tmp_path: Path, target_factory: RegistryFactory, skopeo: Skopeo, repo: str
+    tmp_path: Path, replica_pair: tuple[Server, Server], skopeo: Skopeo, repo: str
 ):
     """Four images sharing base layers, pushed at once, half through each replica."""
-    root = target_factory.new_root()
-    a = target_factory.start(root=root)
-    b = target_factory.start(root=root)
-    try:
-        src = OCILayout(tmp_path / "src")
-        base = src.add_image(layers=2, files_per_layer=20)
-        base_layers = base.blobs[1:]
-        images = [src.add_image(layers=1, base=base_layers) for _ in range(4)]
-        for i, image in enumerate(images):
-            src.tag(image.descriptor, f"t{i}")
+    a, b = replica_pair
+    src = OCILayout(tmp_path / "src")
+    base = src.add_image(layers=2, files_per_layer=20)
+    base_layers = base.blobs[1:]
+    images = [src.add_image(layers=1, base=base_layers) for _ in range(4)]
+    for i, image in enumerate(images):
+        src.tag(image.descriptor, f"t{i}")
 
-        def push(i: int) -> None:
-            server = (a, b)[i % 2]
-            _push(skopeo, src, f"t{i}", server, f"{repo}:t{i}", "--preserve-digests")
+    def push(i: int) -> None:
+        server = (a, b)[i % 2]
+        _push(skopeo, src, f"t{i}", server, f"{repo}:t{i}", "--preserve-digests")
 
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(push, range(4)))
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(push, range(4)))
 
-        for i, image in enumerate(images):
-            for server in (a, b):
-                raw = skopeo.inspect_raw(f"docker://{server.host}/{repo}:t{i}")
-                assert raw == image.body, (server.host, i)
-        dst = OCILayout(tmp_path / "dst")
-        skopeo.copy(f"docker://{b.host}/{repo}:t0", f"oci:{dst.path}:t0", "--preserve-digests")
-        for digest in closure(src, images[0].digest):
-            assert dst.read_blob(digest) == src.read_blob(digest)
-    finally:
-        a.stop()
-        b.stop()
+    for i, image in enumerate(images):
+        for server in (a, b):
+            raw = skopeo.inspect_raw(f"docker://{server.host}/{repo}:t{i}")
+            assert raw == image.body, (server.host, i)
+    dst = OCILayout(tmp_path / "dst")
+    skopeo.copy(f"docker://{b.host}/{repo}:t0", f"oci:{dst.path}:t0", "--preserve-digests")
+    for digest in closure(src, images[0].digest):
+        assert dst.read_blob(digest) == src.read_blob(digest)
 
 
 def test_berth_config_file_read_only(

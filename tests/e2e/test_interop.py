@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 from .conftest import (
-    DistributionFactory,
-    RegistryFactory,
     Server,
     Skopeo,
     push_blob,
@@ -18,17 +16,6 @@ from .conftest import (
 from .ocilayout import MT_INDEX, MT_MANIFEST, OCILayout, closure
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def shared_pair(target_factory: RegistryFactory, distribution_factory: DistributionFactory):
-    """(registry under test, Distribution 2.8.2), both serving one directory."""
-    root = distribution_factory.new_root()
-    dist = distribution_factory.start(root=root)
-    berth = target_factory.start(root=root)
-    yield berth, dist
-    berth.stop()
-    dist.stop()
 
 
 def _pull_and_compare(

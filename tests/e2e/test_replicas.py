@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import pytest
 
-from .conftest import RegistryFactory, location_path, target_kind, with_query
+from .conftest import Server, location_path, target_kind, with_query
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def replicas(target_factory: RegistryFactory, e2e_workdir: Path):
-    root = target_factory.new_root()
-    a = target_factory.start(root=root)
-    b = target_factory.start(root=root)
-    yield a, b
-    a.stop()
-    b.stop()
+def replicas(replica_pair: tuple[Server, Server]) -> tuple[Server, Server]:
+    return replica_pair
 
 
 def test_chunked_upload_across_two_replicas(replicas, repo: str):
