@@ -23,6 +23,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TLSSettings(_Section):
+    cert_file: Path | None = Field(
+        None, description="PEM certificate chain: `berth serve` terminates TLS itself when set."
+    )
+    key_file: Path | None = Field(None, description="PEM private key of the certificate.")
+    reload_check_seconds: float = Field(
+        10.0, gt=0, description="How often new connections look for changed cert/key files."
+    )
+
+
 class HTTPSettings(_Section):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(5000, ge=0, le=65535, description="TCP port to listen on.")
@@ -32,6 +42,7 @@ class HTTPSettings(_Section):
         description="Public URL of the registry, used for absolute Location headers. "
         "Unset: Location headers are relative paths.",
     )
+    tls: TLSSettings = TLSSettings()
 
 
 class FilesystemSettings(_Section):
@@ -96,6 +107,65 @@ class ObservabilitySettings(_Section):
     )
 
 
+class PolicyRuleSettings(_Section):
+    repositories: list[str] = Field(
+        [],
+        description="Repository globs: `*` matches within one path component, `**` across "
+        "components, `?` one character.",
+    )
+    catalog: bool = Field(False, description="The rule is about the catalog (registry:catalog:*).")
+    users: list[str] = Field([], description="User names; `*` is any authenticated user.")
+    groups: list[str] = Field([], description="Group names (see auth.groups).")
+    anonymous: bool = Field(False, description="The rule applies to everyone, logged in or not.")
+    actions: list[Literal["pull", "push", "delete", "*"]] = Field(
+        ["pull"], description="Actions granted: pull, push, delete, or * for all."
+    )
+
+
+class TokenSettings(_Section):
+    realm: str | None = Field(
+        None,
+        description="Token endpoint URL announced in challenges. Unset: this registry's own "
+        "/auth/token (from http.base_url or the request's Host).",
+    )
+    service: str = Field("berth", description="Service name: the `aud` of accepted tokens.")
+    issuer: str = Field("berth", description="The `iss` of issued and of accepted tokens.")
+    signing_key_file: Path | None = Field(
+        None,
+        description="PEM private key (EC P-256 or RSA) of the built-in token endpoint "
+        "(`berth keygen`). Unset: no built-in endpoint, external tokens only.",
+    )
+    lifetime_seconds: int = Field(300, ge=10, le=86400, description="Issued token lifetime.")
+    trusted_keys_file: Path | None = Field(
+        None, description="JWKS JSON or PEM bundle (public keys or certificates) of issuers."
+    )
+    jwks_url: str | None = Field(None, description="JWKS URL of an external issuer.")
+    jwks_refresh_seconds: int = Field(300, ge=10, description="How often jwks_url is re-read.")
+    algorithms: list[str] = Field(
+        ["ES256", "RS256"],
+        description="Accepted signature algorithms (ES256/384/512, RS256/384/512, PS256/384/512).",
+    )
+    leeway_seconds: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/nbf.")
+
+
+class AuthSettings(_Section):
+    mode: Literal["none", "htpasswd", "token"] = Field(
+        "none", description="none (anonymous, the default), htpasswd (Basic) or token (Bearer)."
+    )
+    htpasswd_file: Path | None = Field(
+        None, description="htpasswd file with bcrypt entries; re-read when it changes."
+    )
+    policy_file: Path | None = Field(
+        None, description="YAML file with `groups` and `rules` (replaces the inline ones)."
+    )
+    groups: dict[str, list[str]] = Field({}, description="Group name to member user names.")
+    rules: list[PolicyRuleSettings] = Field(
+        [],
+        description="Access rules. None at all: every authenticated user may do everything.",
+    )
+    token: TokenSettings = TokenSettings()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BERTH_", env_nested_delimiter="__", extra="forbid"
@@ -106,6 +176,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     limits: LimitSettings = LimitSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    auth: AuthSettings = AuthSettings()
 
     @classmethod
     def settings_customise_sources(
