@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from ..storage import paths
-from ..storage.driver import PathNotFound, StorageDriver
+from ..storage.driver import PathNotFound, StorageDriver, StorageUnavailable
 from .cache import LRUCache
 from .digest import Digest
 from .errors import BlobUnknown
+
+# A GC run never issues a delete more than TOMBSTONE_DEADLINE_SECONDS after writing its tombstone
+# (berth.gc.sweep); writers treat older tombstones as abandoned. The gap covers request timeouts.
+TOMBSTONE_DEADLINE_SECONDS = 30.0
+TOMBSTONE_STALE_SECONDS = 120.0
+RESERVE_ATTEMPTS = 10
 
 
 class BlobStore:
@@ -39,6 +46,55 @@ class BlobStore:
 
     def forget(self, digest: Digest) -> None:
         self._sizes.discard(digest)
+
+    async def reserve(self, digest: Digest) -> int | None:
+        """Size of the blob, read fresh (never cached), guaranteed to survive a concurrent GC.
+
+        The writer half of the GC handshake (docs/gc.md): rewrite the blob's ``touch`` object,
+        then look for GC tombstones. A GC run writes its tombstone before its final re-check of
+        ``touch``, so either that GC sees this touch and keeps the blob (and its links), or we
+        see its tombstone and wait until it is done. Call it before writing anything that
+        refers to the blob (a link, a manifest revision); None means the blob is absent.
+        """
+        for attempt in range(RESERVE_ATTEMPTS):
+            await self.driver.put(paths.blob_touch(digest), b"")
+            names, size = await asyncio.gather(
+                self._list_blob_dir(digest), self._fresh_size(digest)
+            )
+            tombstones = [n for n in names if n.startswith(paths.TOMBSTONE_PREFIX)]
+            if not tombstones or await self._tombstones_stale(digest, tombstones):
+                if size is None:
+                    self.forget(digest)
+                else:
+                    self._sizes.put(digest, size)
+                return size
+            await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+        raise StorageUnavailable(f"blob {digest} is being garbage-collected; retry")
+
+    async def _list_blob_dir(self, digest: Digest) -> list[str]:
+        try:
+            return await self.driver.list(paths.blob_dir(digest))
+        except PathNotFound:
+            return []
+
+    async def _fresh_size(self, digest: Digest) -> int | None:
+        try:
+            return (await self.driver.stat(paths.blob_data(digest))).size
+        except PathNotFound:
+            return None
+
+    async def _tombstones_stale(self, digest: Digest, names: list[str]) -> bool:
+        """A tombstone far older than our touch belongs to a GC that died (or gave up)."""
+        try:
+            touched = (await self.driver.stat(paths.blob_touch(digest))).modified
+        except PathNotFound:
+            return False
+        for name in names:
+            with contextlib.suppress(PathNotFound):
+                info = await self.driver.stat(f"{paths.blob_dir(digest)}/{name}")
+                if touched - info.modified <= TOMBSTONE_STALE_SECONDS:
+                    return False
+        return True
 
     async def is_linked(self, name: str, digest: Digest) -> bool:
         """Whether the repository may serve this blob (a layer link, or a manifest revision)."""
@@ -85,7 +141,11 @@ class BlobStore:
         return await self.driver.redirect_url(paths.blob_data(digest), expires_in)
 
     async def put_content(self, digest: Digest, data: bytes) -> None:
-        """Store small content (a manifest) by digest, unless it is already there."""
-        if not await self.exists(digest):
+        """Store small content (a manifest) by digest, unless it is already there.
+
+        Reserved (not the cached ``exists``) so a GC deleting this digest right now cannot
+        leave the revision link the caller writes next pointing at nothing.
+        """
+        if await self.reserve(digest) is None:
             await self.driver.put(paths.blob_data(digest), data)
             self._sizes.put(digest, len(data))

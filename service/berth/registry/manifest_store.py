@@ -12,7 +12,6 @@ from .blobs import BlobStore
 from .cache import LRUCache
 from .digest import Digest
 from .errors import (
-    BlobUnknown,
     DigestInvalid,
     ManifestBlobUnknown,
     ManifestInvalid,
@@ -100,17 +99,20 @@ class ManifestStore:
         return stored
 
     async def _verify_references(self, name: str, manifest: Manifest) -> None:
+        # reserve() (fresh, never the size cache) before the link checks: a blob or child that
+        # passes here survives any concurrent GC (docs/gc.md).
         async def check_blob(desc: Descriptor) -> str | None:
-            try:
-                size = await self.blobs.size_in(name, desc.digest)
-            except BlobUnknown:
+            size = await self.blobs.reserve(desc.digest)
+            if size is None or not await self.blobs.is_linked(name, desc.digest):
                 return f"blob unknown: {desc.digest}"
             if size != desc.size:
                 return f"size of {desc.digest} is {size}, not {desc.size}"
             return None
 
         async def check_child(desc: Descriptor) -> str | None:
-            if await self.has_revision(name, desc.digest):
+            if await self.blobs.reserve(desc.digest) is not None and await self.has_revision(
+                name, desc.digest
+            ):
                 return None
             return f"manifest unknown: {desc.digest}"
 

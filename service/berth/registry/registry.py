@@ -50,7 +50,8 @@ class Registry:
                 return False
             if not await self.blobs.is_linked(source, digest):
                 return False
-        if not await self.blobs.exists(digest):
+        # reserve(), not the cached exists(): fresh, and safe against a concurrent GC.
+        if await self.blobs.reserve(digest) is None:
             return False
         await self.blobs.link(name, digest)
         return True

@@ -20,7 +20,13 @@ from ..storage import paths
 from ..storage.driver import FileWriter, PathNotFound, StorageDriver
 from .blobs import BlobStore
 from .digest import Digest, Hasher, new_hasher, restore_hasher
-from .errors import BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
+from .errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    RangeInvalid,
+    SizeInvalid,
+)
 
 # Bytes gathered before one write+hash step: large enough to amortise the thread hop,
 # small enough that memory per upload stays bounded.
@@ -36,7 +42,7 @@ class UploadStatus:
 
 
 def validate_upload_id(upload_id: str) -> str:
-    if not _UPLOAD_ID_RE.match(upload_id):
+    if not _UPLOAD_ID_RE.fullmatch(upload_id):
         raise BlobUploadUnknown(f"upload unknown: {upload_id[:100]!r}")
     return upload_id
 
@@ -130,11 +136,15 @@ class Uploads:
                 await writer.cancel()
             await self.cancel(name, upload_id)
             raise
-        if await self.blobs.exists(digest):
+        # reserve(), not the cached exists(): the blob may have just been garbage-collected.
+        if await self.blobs.reserve(digest) is not None:
             await self.driver.delete(data_key)
         else:
             await self.driver.move(data_key, paths.blob_data(digest))
             self.blobs.forget(digest)
+            if await self.blobs.reserve(digest) is None:  # a GC removed it right after the move
+                await self.driver.delete(paths.upload_dir(name, upload_id))
+                raise BlobUploadInvalid("the blob was garbage-collected during the upload; retry")
         await self.blobs.link(name, digest)
         await self.driver.delete(paths.upload_dir(name, upload_id))
         return size

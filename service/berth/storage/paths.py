@@ -99,3 +99,23 @@ def upload_hashstates(name: str, upload_id: str, algorithm: str) -> str:
 
 def upload_hashstate(name: str, upload_id: str, algorithm: str, offset: int) -> str:
     return f"{upload_hashstates(name, upload_id, algorithm)}/{offset}"
+
+
+# -- garbage collection (see docs/gc.md): files Distribution ignores (it only reads ``data``) --
+
+BERTH_STATE = f"{ROOT}/_berth"
+TOMBSTONE_PREFIX = "gc-"
+
+
+def blob_touch(digest: Digest) -> str:
+    """Rewritten by every write that starts relying on the blob (manifest PUT, mount, upload)."""
+    return f"{blob_dir(digest)}/touch"
+
+
+def blob_tombstone(digest: Digest, run_id: str) -> str:
+    """Written by a GC run just before it re-checks and deletes the blob or links to it."""
+    return f"{blob_dir(digest)}/{TOMBSTONE_PREFIX}{run_id}"
+
+
+def lease(name: str) -> str:
+    return f"{BERTH_STATE}/leases/{name}"
