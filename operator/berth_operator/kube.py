@@ -8,11 +8,14 @@ event loop, so handlers stay async and never block it.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import kubernetes.client
+import kubernetes.config
 
 Obj = dict[str, Any]
 
@@ -64,13 +67,12 @@ class Credentials:
 
 def load_credentials() -> Credentials:
     """In-cluster service account first, then kubeconfig (as kopf's own login does)."""
-    import kubernetes.client
-    import kubernetes.config
-
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=os.environ.get("KUBECONFIG") or None
+        )
     config = kubernetes.client.Configuration.get_default_copy()
     header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix(
         "authorization"

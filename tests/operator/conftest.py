@@ -1,0 +1,86 @@
+"""Fixtures: the fixed kmock API emulator on loopback and the real operator running against it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes.config.kube_config
+import pytest
+import pytest_asyncio
+import yaml
+from k8s_emulator import FixedEmulator
+
+kmock = pytest.importorskip("kmock")
+
+RESOURCES: dict[str, dict[str, Any]] = {
+    "berth.dev/v1alpha1/registries": {"kind": "Registry", "subresources": {"status"}},
+    "berth.dev/v1alpha1/garbagecollections": {
+        "kind": "GarbageCollection",
+        "subresources": {"status"},
+    },
+    "v1/configmaps": {"kind": "ConfigMap"},
+    "v1/services": {"kind": "Service"},
+    "v1/persistentvolumeclaims": {"kind": "PersistentVolumeClaim"},
+    "v1/pods": {"kind": "Pod"},
+    "v1/events": {"kind": "Event"},
+    "apps/v1/deployments": {"kind": "Deployment", "subresources": {"status"}},
+    "autoscaling/v2/horizontalpodautoscalers": {"kind": "HorizontalPodAutoscaler"},
+    "policy/v1/poddisruptionbudgets": {"kind": "PodDisruptionBudget"},
+    "networking.k8s.io/v1/ingresses": {"kind": "Ingress"},
+    "batch/v1/cronjobs": {"kind": "CronJob"},
+    "batch/v1/jobs": {"kind": "Job", "subresources": {"status"}},
+}
+CLUSTER_RESOURCES: dict[str, dict[str, Any]] = {
+    "v1/namespaces": {"kind": "Namespace"},
+    "apiextensions.k8s.io/v1/customresourcedefinitions": {"kind": "CustomResourceDefinition"},
+}
+VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
+
+
+@pytest_asyncio.fixture()
+async def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    async with FixedEmulator() as api, kmock.Server(api) as server:
+        for key, info in RESOURCES.items():
+            api.resources[key] = kmock.ResourceInfo(namespaced=True, verbs=VERBS, **info)
+        for key, info in CLUSTER_RESOURCES.items():
+            api.resources[key] = kmock.ResourceInfo(namespaced=False, verbs=VERBS, **info)
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kmock", "cluster": {"server": str(server.url).rstrip("/")}}],
+            "users": [{"name": "test", "user": {"token": "test-token"}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
+            "current-context": "kmock",
+        }
+        path = tmp_path / "kubeconfig"
+        path.write_text(yaml.safe_dump(kubeconfig))
+        monkeypatch.setenv("KUBECONFIG", str(path))
+        # The kubernetes library reads $KUBECONFIG once, at import (kopf's login relies on it).
+        monkeypatch.setattr(
+            kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path)
+        )
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setenv("BERTH_REGISTRY_IMAGE", "berth:test")
+        yield api
+
+
+@pytest_asyncio.fixture()
+async def operator(emulator: Any) -> AsyncIterator[Any]:
+    from berth_operator import handlers
+    from berth_operator.main import run
+
+    handlers._kube = None
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run(liveness=None, stop_flag=stop, ready_flag=ready))
+    await asyncio.wait_for(ready.wait(), timeout=10)
+    try:
+        yield emulator
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=10)
+        handlers._kube = None
