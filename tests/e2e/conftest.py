@@ -152,7 +152,7 @@ class Server:
             lines = self.log.read_text(errors="replace").splitlines()
         except OSError:
             return ""
-        return "\n".join(lines[-n:])
+        return "\n".join(line[:400] for line in lines[-n:])
 
     def stop(self) -> None:
         stop_pid(self.proc)
@@ -259,13 +259,10 @@ class BerthFactory(RegistryFactory):
 class DistributionFactory(RegistryFactory):
     kind = "distribution"
 
-    def _spawn(self, port: int, root: Path, config: dict | None) -> Server:
-        if config:
-            raise ValueError("extra config is for berth only")
-        exe = require_tool("docker-registry")
+    def write_config(self, root: Path, port: int) -> Path:
+        """Distribution 2.8.2's config.yml: filesystem driver, deletes on, no purging."""
         config = self.workdir / f"distribution-{port}.yml"
-        # JSON is YAML: Distribution 2.8.2, filesystem driver, deletes on, no purging.
-        config.write_text(
+        config.write_text(  # JSON is YAML
             json.dumps(
                 {
                     "version": 0.1,
@@ -280,11 +277,18 @@ class DistributionFactory(RegistryFactory):
                 indent=2,
             )
         )
+        return config
+
+    def _spawn(self, port: int, root: Path, config: dict | None) -> Server:
+        if config:
+            raise ValueError("extra config is for berth only")
+        exe = require_tool("docker-registry")
+        config_path = self.write_config(root, port)
         log = self.workdir / f"distribution-{port}.log"
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [exe, "serve", str(config)],
+                [exe, "serve", str(config_path)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -329,7 +333,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
             for v in values:
                 if isinstance(v, Server) and id(v) not in seen:
                     seen.add(id(v))
-                    report.sections.append((f"{v.kind} {v.host} log", v.log_tail(80)))
+                    report.sections.append((f"{v.kind} {v.host} log", v.log_tail(40)))
     return report
 
 

@@ -4,14 +4,22 @@ wrote, the other serves, byte for byte (the layout is Distribution's)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
 from .conftest import (
+    DistributionFactory,
+    RegistryFactory,
     Server,
     Skopeo,
+    free_port,
     push_blob,
+    require_tool,
+    run,
 )
 from .ocilayout import MT_INDEX, MT_MANIFEST, OCILayout, closure
 
@@ -130,3 +138,89 @@ def test_manifest_delete_seen_by_the_other(tmp_path: Path, shared_pair, skopeo: 
                 r = c.get(f"/v2/{repo}/manifests/{img.digest}", headers=accept)
                 assert r.status_code == 404, (c.base_url, img.digest, r.status_code, r.text)
                 assert json.loads(r.content)["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+def test_helm_push_distribution_pull_berth(tmp_path: Path, shared_pair, repo: str):
+    """A chart manifest (no top-level mediaType) that Distribution stored, served by berth."""
+    helm = require_tool("helm")
+    berth, dist = shared_pair
+    env = {
+        "HELM_CACHE_HOME": str(tmp_path / "h" / "cache"),
+        "HELM_CONFIG_HOME": str(tmp_path / "h" / "config"),
+        "HELM_DATA_HOME": str(tmp_path / "h" / "data"),
+    }
+    name = f"interop-{uuid.uuid4().hex[:8]}"
+    run([helm, "create", name], cwd=tmp_path, env=env)
+    run([helm, "package", name, "-d", str(tmp_path / "pkg")], cwd=tmp_path, env=env)
+    (chart,) = (tmp_path / "pkg").glob("*.tgz")
+    run([helm, "push", str(chart), f"oci://{dist.host}/{repo}", "--plain-http"], env=env)
+    with berth.client() as c:
+        r = c.get(f"/v2/{repo}/{name}/manifests/0.1.0", headers={"Accept": MT_MANIFEST})
+        assert r.status_code == 200, r.text
+        assert r.headers["Content-Type"].split(";")[0] == MT_MANIFEST
+        assert "mediaType" not in r.json()
+    out = tmp_path / "out"
+    out.mkdir()
+    run(
+        [
+            helm,
+            "pull",
+            f"oci://{berth.host}/{repo}/{name}",
+            "--version",
+            "0.1.0",
+            "--plain-http",
+            "-d",
+            str(out),
+        ],
+        env=env,
+    )
+    assert (out / chart.name).read_bytes() == chart.read_bytes()
+
+
+def test_distribution_gc_keeps_what_berth_wrote(
+    tmp_path: Path,
+    target_factory: RegistryFactory,
+    distribution_factory: DistributionFactory,
+    skopeo: Skopeo,
+    repo: str,
+):
+    """`docker-registry garbage-collect` over a directory the registry under test wrote keeps
+    every blob a manifest uses (it reads the same links), and removes an unreferenced one."""
+    exe = require_tool("docker-registry")
+    root = distribution_factory.new_root()
+    server = target_factory.start(root=root)
+    try:
+        src = OCILayout(tmp_path / "src")
+        image = src.add_image(layers=2)
+        src.tag(image.descriptor, "v1")
+        index = src.add_platform_index(layers=1)
+        src.tag(index.descriptor, "multi")
+        skopeo.copy(f"oci:{src.path}:v1", f"docker://{server.host}/{repo}:v1", "--preserve-digests")
+        skopeo.copy(
+            f"oci:{src.path}:multi",
+            f"docker://{server.host}/{repo}:multi",
+            "--all",
+            "--preserve-digests",
+        )
+        with server.client() as c:
+            orphan = push_blob(c, repo, b"nobody uses this blob " + repo.encode())
+        config = distribution_factory.write_config(root, free_port())
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        gc = subprocess.run(
+            [exe, "garbage-collect", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        assert gc.returncode == 0, gc.stdout + gc.stderr
+        hexpart = orphan.split(":")[1]
+        blob = root / "docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data"
+        assert not blob.exists(), "Distribution's GC should have removed the unreferenced blob"
+        _pull_and_compare(skopeo, src, server, f"{repo}:v1", image.digest, tmp_path / "a")
+        _pull_and_compare(
+            skopeo, src, server, f"{repo}:multi", index.digest, tmp_path / "b", "--all"
+        )
+    finally:
+        server.stop()
