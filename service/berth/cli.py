@@ -80,6 +80,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# `berth gc` takes the same storage settings as `berth serve` (whatever flags map to storage.*).
+def gc_flags() -> dict[str, str]:
+    flags = {k: v for k, v in SERVE_FLAGS.items() if v.startswith("storage.")}
+    flags["log_level"] = "observability.log_level"
+    return flags
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .gc.command import run_command
+
+    return run_command(args, settings_from_args(args, gc_flags()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="berth",
@@ -103,6 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (http.workers; default 1)")
     serve.add_argument("--log-level", help="log level (observability.log_level; default info)")
     serve.set_defaults(func=cmd_serve)
+
+    from .gc.command import add_arguments as add_gc_arguments
+
+    gc = sub.add_parser(
+        "gc",
+        help="garbage-collect unreferenced blobs and manifests (online: safe while serving)",
+        description="Mark everything reachable from tags (index children, referrers, their "
+        "blobs), then remove what nothing reaches, plus stale upload sessions. Safe to run while "
+        "the registry serves pushes and pulls; see docs/gc.md.",
+        epilog=_ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common_storage_flags(gc)
+    gc.add_argument("--log-level", help="log level (observability.log_level; default info)")
+    add_gc_arguments(gc)
+    gc.set_defaults(func=cmd_gc)
     return parser
 
 
