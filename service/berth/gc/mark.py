@@ -1,0 +1,161 @@
+"""Mark: what every repository keeps, and the set of blobs those manifests need.
+
+Roots per repository: the manifest each tag points at, every revision written within the grace
+period, and, without ``delete_untagged``, every revision. From the roots: the children of an
+index (recursively) and every manifest whose ``subject`` is kept (referrers: signatures, SBOMs),
+found through Berth's referrer index and through the ``subject`` of each revision (so referrers
+pushed through Distribution count too). Each manifest body is read once per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..registry.digest import Digest
+from ..registry.errors import DigestInvalid, ManifestInvalid
+from ..registry.manifest import Manifest, parse_manifest
+from ..storage import paths
+from ..storage.driver import PathNotFound, StorageDriver
+from .inventory import REFERRER, REVISION, TAG_CURRENT, Inventory, Link
+
+
+@dataclass(slots=True)
+class MarkResult:
+    kept: dict[str, set[Digest]] = field(default_factory=dict)  # repo -> manifests kept there
+    marked: set[Digest] = field(default_factory=set)  # blobs (manifests included) to keep
+    tags: dict[str, dict[str, Digest]] = field(default_factory=dict)
+    manifests_read: int = 0
+    unreadable: list[str] = field(default_factory=list)
+
+
+class Marker:
+    def __init__(
+        self,
+        driver: StorageDriver,
+        inventory: Inventory,
+        *,
+        delete_untagged: bool,
+        cutoff: float,
+        concurrency: int = 32,
+        on_read: Callable[[int], None] | None = None,
+    ) -> None:
+        self.driver = driver
+        self.inv = inventory
+        self.delete_untagged = delete_untagged
+        self.cutoff = cutoff
+        self.sem = asyncio.Semaphore(concurrency)
+        self.on_read = on_read
+        self.manifests: dict[Digest, Manifest | None] = {}
+        self.result = MarkResult()
+
+    async def _read(self, digest: Digest) -> None:
+        async with self.sem:
+            try:
+                body = await self.driver.get(paths.blob_data(digest))
+            except PathNotFound:
+                self.manifests[digest] = None
+                return
+        try:
+            self.manifests[digest] = parse_manifest(body)
+        except ManifestInvalid:
+            self.manifests[digest] = None  # a blob that is not a manifest: nothing to follow
+            self.result.unreadable.append(str(digest))
+        self.result.manifests_read += 1
+        if self.on_read:
+            self.on_read(1)
+
+    async def _read_all(self, digests: set[Digest]) -> None:
+        todo = {d for d in digests if d not in self.manifests and self._exists(d)}
+        for d in digests - todo:
+            self.manifests.setdefault(d, None)
+        await asyncio.gather(*(self._read(d) for d in todo))
+
+    def _exists(self, digest: Digest) -> bool:
+        entry = self.inv.blobs.get(digest)
+        return entry is not None and entry.data is not None
+
+    async def _resolve_tags(self, links: list[Link]) -> None:
+        async def one(link: Link) -> None:
+            async with self.sem:
+                try:
+                    raw = await self.driver.get(link.key)
+                except PathNotFound:
+                    return  # deleted meanwhile: it no longer roots anything
+            try:
+                digest = Digest.parse(raw.decode().strip())
+            except (DigestInvalid, UnicodeDecodeError):
+                return
+            assert link.tag is not None
+            self.result.tags.setdefault(link.repo, {})[link.tag] = digest
+
+        await asyncio.gather(*(one(link) for link in links))
+
+    async def run(self) -> MarkResult:
+        revisions: dict[str, list[Link]] = defaultdict(list)
+        referrer_index: dict[str, dict[Digest, set[Digest]]] = defaultdict(lambda: defaultdict(set))
+        tag_links: list[Link] = []
+        for link in self.inv.links:
+            if link.kind == REVISION:
+                revisions[link.repo].append(link)
+            elif link.kind == REFERRER and link.subject is not None and link.digest is not None:
+                referrer_index[link.repo][link.subject].add(link.digest)
+            elif link.kind == TAG_CURRENT:
+                tag_links.append(link)
+
+        all_revisions = {link.digest for links in revisions.values() for link in links}
+        await asyncio.gather(
+            self._read_all({d for d in all_revisions if d is not None}),
+            self._resolve_tags(tag_links),
+        )
+
+        repos = set(revisions) | set(self.result.tags)
+        for repo in sorted(repos):
+            roots: set[Digest] = set(self.result.tags.get(repo, {}).values())
+            for link in revisions.get(repo, []):
+                assert link.digest is not None
+                if not self.delete_untagged or link.modified >= self.cutoff:
+                    roots.add(link.digest)
+            # Referrers by subject: Berth's index (entries whose revision still exists) plus
+            # the subject of every revision.
+            present = {link.digest for link in revisions.get(repo, [])}
+            by_subject: dict[Digest, set[Digest]] = defaultdict(set)
+            for subject, referrers in referrer_index[repo].items():
+                by_subject[subject] = {d for d in referrers if d in present}
+            for link in revisions.get(repo, []):
+                assert link.digest is not None
+                m = self.manifests.get(link.digest)
+                if m is not None and m.subject is not None:
+                    by_subject[m.subject.digest].add(link.digest)
+            self.result.kept[repo] = await self._closure(roots, by_subject)
+
+        marked = self.result.marked
+        for kept in self.result.kept.values():
+            for digest in kept:
+                marked.add(digest)
+                m = self.manifests.get(digest)
+                if m is None:
+                    continue
+                marked.update(d.digest for d in m.blob_references())
+                marked.update(d.digest for d in m.layers)  # foreign layers too, if stored
+                marked.update(d.digest for d in m.manifests)
+        return self.result
+
+    async def _closure(
+        self, roots: set[Digest], by_subject: dict[Digest, set[Digest]]
+    ) -> set[Digest]:
+        kept: set[Digest] = set()
+        frontier = set(roots)
+        while frontier:
+            await self._read_all(frontier)  # children that are not revisions anywhere (rare)
+            kept |= frontier
+            nxt: set[Digest] = set()
+            for digest in frontier:
+                m = self.manifests.get(digest)
+                if m is not None:
+                    nxt.update(d.digest for d in m.manifests)
+                nxt |= by_subject.get(digest, set())
+            frontier = nxt - kept
+        return kept

@@ -1,0 +1,141 @@
+"""One garbage-collection run: lease, inventory, mark, plan, sweep, purge, report."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from ..storage.driver import StorageDriver
+from .inventory import take_inventory
+from .lease import Lease
+from .mark import Marker
+from .purge import purge_uploads
+from .report import Progress, Report
+from .sweep import Sweeper, Unit, plan
+
+# Storage clocks with one-second resolution (S3 Last-Modified): never call "old" what could
+# have been written in the same second as the cut-off.
+CLOCK_SLACK_SECONDS = 1.0
+
+
+class LeaseHeld(Exception):
+    """Another garbage collection holds the lease."""
+
+
+@dataclass(slots=True)
+class GCOptions:
+    delete_untagged: bool = False
+    grace_period: float = 3600.0
+    dry_run: bool = False
+    upload_purge_age: float = 7 * 24 * 3600.0
+    purge_uploads: bool = True
+    concurrency: int = 16
+    use_lease: bool = True
+    lease_settle: float = 1.0
+
+
+async def collect_garbage(
+    driver: StorageDriver, options: GCOptions, progress: Progress | None = None
+) -> Report:
+    progress = progress or Progress(enabled=False)
+    report = Report(
+        dry_run=options.dry_run,
+        delete_untagged=options.delete_untagged,
+        grace_period_seconds=options.grace_period,
+        upload_purge_age_seconds=options.upload_purge_age,
+    )
+    started = time.monotonic()
+    run_id = uuid.uuid4().hex[:12]
+    lease = Lease(driver, "gc", ttl=6 * 3600, settle=options.lease_settle)
+    if not options.dry_run:
+        if not options.use_lease:
+            await lease.stamp()  # still needed: it gives the store's clock
+        elif not await lease.acquire():
+            holder = (await lease.current() or {}).get("holder")
+            raise LeaseHeld(f"another garbage collection is running ({holder})")
+    try:
+        # The store's clock, not ours: mtimes are compared against it.
+        if options.dry_run:
+            now = time.time()
+        else:
+            now = await lease.storage_time()
+        cutoff = now - options.grace_period - CLOCK_SLACK_SECONDS
+
+        progress.start("listing storage")
+        inv = await take_inventory(driver, options.concurrency, progress.advance)
+        report.objects_scanned = inv.objects
+        report.blobs_total = sum(1 for b in inv.blobs.values() if b.data is not None)
+        report.repositories = len(inv.repositories())
+
+        progress.start("marking")
+        marker = Marker(
+            driver,
+            inv,
+            delete_untagged=options.delete_untagged,
+            cutoff=cutoff,
+            concurrency=options.concurrency * 2,
+            on_read=progress.advance,
+        )
+        mark = await marker.run()
+        report.manifests_read = mark.manifests_read
+        report.blobs_marked = sum(
+            1 for d in mark.marked if d in inv.blobs and inv.blobs[d].data is not None
+        )
+
+        units = plan(inv, mark, cutoff, now)
+        if options.dry_run:
+            _describe(report, units)
+        else:
+            progress.start("sweeping", total=len(units))
+            sweeper = Sweeper(driver, run_id, cutoff, options.concurrency, progress.advance)
+            stats = await sweeper.run(units)
+            report.blobs_deleted = stats.blobs_deleted
+            report.bytes_deleted = stats.bytes_deleted
+            report.manifests_deleted = stats.manifests_deleted
+            report.links_deleted = dict(stats.links_deleted)
+            report.empty_blob_dirs_deleted = stats.empty_blob_dirs_deleted
+            report.skipped_in_use = stats.skipped_in_use
+            report.errors += stats.errors
+
+        if options.purge_uploads:
+            progress.start("purging uploads")
+            purge = await purge_uploads(
+                driver, options.upload_purge_age, now, inventory=inv, dry_run=options.dry_run
+            )
+            report.uploads_purged = purge.uploads_purged
+            report.errors += purge.errors
+            if options.dry_run:
+                report.would_remove["upload"] = purge.purged
+        progress.done()
+    finally:
+        if not options.dry_run:
+            await lease.release()
+    report.objects_removed = (
+        report.blobs_deleted
+        + report.empty_blob_dirs_deleted
+        + sum(report.links_deleted.values())
+        + report.uploads_purged
+    )
+    report.elapsed_seconds = time.monotonic() - started
+    report.objects_per_second = report.objects_scanned / max(report.elapsed_seconds, 1e-6)
+    report.ok = not report.errors
+    return report
+
+
+def _describe(report: Report, units: list[Unit]) -> None:
+    blobs, links = [], []
+    for unit in units:
+        if unit.delete_data and unit.data is not None:
+            blobs.append(f"{unit.digest} {unit.data.size}")
+            report.blobs_deleted += 1
+            report.bytes_deleted += unit.data.size
+        elif unit.delete_data:
+            report.empty_blob_dirs_deleted += 1
+        for link in unit.links:
+            links.append(f"{link.kind} {link.repo} {link.digest}")
+            report.links_deleted[link.kind] = report.links_deleted.get(link.kind, 0) + 1
+            if link.kind == "revision":
+                report.manifests_deleted += 1
+    report.would_remove["blob"] = blobs
+    report.would_remove["link"] = sorted(links)
