@@ -31,7 +31,7 @@ class Digest:
     @classmethod
     def parse(cls, value: str) -> Digest:
         """Parse and validate; unknown algorithms and wrong lengths are DIGEST_INVALID."""
-        match = _DIGEST_RE.match(value)
+        match = _DIGEST_RE.fullmatch(value)
         if not match or len(match.group(2)) != ALGORITHMS[match.group(1)]:
             raise DigestInvalid(f"invalid digest: {value[:200]!r}")
         return cls(match.group(1), match.group(2))
