@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -70,17 +70,29 @@ async def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
 
 @pytest_asyncio.fixture()
 async def operator(emulator: Any) -> AsyncIterator[Any]:
+    """The operator's own main coroutine, on its own event loop in a thread (as kopf's
+    KopfRunner does): kopf waits for every other task of its loop when it stops."""
     from berth_operator import handlers
     from berth_operator.main import run
 
     handlers._kube = None
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(run(liveness=None, stop_flag=stop, ready_flag=ready))
-    await asyncio.wait_for(ready.wait(), timeout=10)
+    stop, ready = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(run(liveness=None, stop_flag=stop, ready_flag=ready))
+        except BaseException as e:  # surfaced in the test's teardown
+            errors.append(e)
+
+    thread = threading.Thread(target=target, name="berth-operator", daemon=True)
+    thread.start()
+    assert await asyncio.to_thread(ready.wait, 10), "the operator did not start"
     try:
         yield emulator
     finally:
         stop.set()
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=10)
+        await asyncio.to_thread(thread.join, 15)
         handlers._kube = None
+    assert not thread.is_alive(), "the operator did not stop"
+    assert not errors, errors

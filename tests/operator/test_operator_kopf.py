@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shlex
 from typing import Any
 
@@ -12,6 +13,7 @@ REG = "berth.dev/v1alpha1/registries"
 GCS = "berth.dev/v1alpha1/garbagecollections"
 NS = "default"
 CHECKSUM = "berth.dev/config-checksum"
+SUMMARY = {"blobs_deleted": 4, "manifests_deleted": 2, "bytes_freed": 1024}
 
 
 def url(resource: str, name: str | None = None, sub: str | None = None) -> str:
@@ -270,7 +272,7 @@ async def test_garbage_collection_cronjob_and_job(operator: Any) -> None:
                         "state": {
                             "terminated": {
                                 "exitCode": 0,
-                                "message": '{"blobs_deleted": 4, "manifests_deleted": 2, "bytes_freed": 1024}',
+                                "message": json.dumps(SUMMARY),
                             }
                         },
                     }
