@@ -310,6 +310,19 @@ def target_kind() -> str:
     return kind
 
 
+def berth_bug(reason: str) -> pytest.MarkDecorator:
+    """Marks a test that fails because of a known berth bug (listed in docs/testing.md).
+
+    It is reported as xfail so the rest of CI stays meaningful; ``BERTH_E2E_STRICT=1`` runs it as
+    an ordinary test. Remove the mark with the fix (an unexpected pass shows as XPASS).
+    """
+    return pytest.mark.xfail(
+        condition=target_kind() == "berth" and not os.environ.get("BERTH_E2E_STRICT"),
+        reason=f"berth bug: {reason}",
+        strict=False,
+    )
+
+
 @pytest.fixture(scope="session")
 def e2e_workdir() -> Iterator[Path]:
     """Server roots, configs and logs. ``BERTH_E2E_KEEP=1`` keeps it (its path is printed)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Server, Skopeo, push_blob, target_kind
+from .conftest import Server, Skopeo, berth_bug, push_blob, target_kind
 from .ocilayout import MT_EMPTY, MT_INDEX, MT_MANIFEST, OCILayout, canonical_json, sha256_digest
 
 pytestmark = pytest.mark.e2e
@@ -159,3 +159,135 @@ def test_deleted_referrer_leaves_the_list(
         r = c.get(f"/v2/{repo}/referrers/{image.digest}")
         assert r.status_code == 200
         assert r.json()["manifests"] == []
+
+
+def _referrer_manifest(c: httpx.Client, repo: str, subject: dict, artifact_type: str) -> bytes:
+    empty = b"{}"
+    push_blob(c, repo, empty)
+    return canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MT_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {"mediaType": MT_EMPTY, "digest": sha256_digest(empty), "size": 2},
+            "layers": [{"mediaType": MT_EMPTY, "digest": sha256_digest(empty), "size": 2}],
+            "subject": subject,
+        }
+    )
+
+
+def _referrer_digests(c: httpx.Client, repo: str, digest: str) -> set[str]:
+    r = c.get(f"/v2/{repo}/referrers/{digest}")
+    assert r.status_code == 200, (r.status_code, r.text)
+    return {m["digest"] for m in r.json()["manifests"]}
+
+
+def test_referrer_pushed_on_one_replica_listed_by_the_other(
+    replica_pair: tuple[Server, Server], repo: str
+):
+    if target_kind() == "distribution":
+        pytest.skip("CNCF Distribution 2.8.2 has no referrers API (BERTH_E2E_TARGET=distribution)")
+    a, b = replica_pair
+    subject = {"mediaType": MT_MANIFEST, "digest": sha256_digest(repo.encode()), "size": 100}
+    with a.client() as ca, b.client() as cb:
+        first = _referrer_manifest(ca, repo, subject, SBOM_TYPE)
+        r = ca.put(
+            f"/v2/{repo}/manifests/{sha256_digest(first)}",
+            content=first,
+            headers={"Content-Type": MT_MANIFEST},
+        )
+        assert r.status_code == 201, r.text
+        # B answers (and may cache) the list, then A adds a second referrer.
+        assert _referrer_digests(cb, repo, subject["digest"]) == {sha256_digest(first)}
+        second = _referrer_manifest(ca, repo, subject, SIG_TYPE)
+        r = ca.put(
+            f"/v2/{repo}/manifests/{sha256_digest(second)}",
+            content=second,
+            headers={"Content-Type": MT_MANIFEST},
+        )
+        assert r.status_code == 201, r.text
+        assert _referrer_digests(cb, repo, subject["digest"]) == {
+            sha256_digest(first),
+            sha256_digest(second),
+        }
+        # And a delete on B is seen by A.
+        r = cb.delete(f"/v2/{repo}/manifests/{sha256_digest(first)}")
+        assert r.status_code == 202, r.text
+        assert _referrer_digests(ca, repo, subject["digest"]) == {sha256_digest(second)}
+
+
+def test_referrer_pushed_before_its_subject(
+    tmp_path: Path, referrers_target: Server, skopeo: Skopeo, repo: str
+):
+    """The spec lets a referrer arrive before its subject (copy tools push bottom-up or not)."""
+    registry = referrers_target
+    src = OCILayout(tmp_path / "src")
+    image = src.add_image(layers=1)
+    src.tag(image.descriptor, "v1")
+    subject = {"mediaType": MT_MANIFEST, "digest": image.digest, "size": len(image.body)}
+    with registry.client() as c:
+        body = _referrer_manifest(c, repo, subject, SBOM_TYPE)
+        r = c.put(
+            f"/v2/{repo}/manifests/{sha256_digest(body)}",
+            content=body,
+            headers={"Content-Type": MT_MANIFEST},
+        )
+        assert r.status_code == 201, r.text
+        assert r.headers.get("OCI-Subject") == image.digest
+        skopeo.copy(
+            f"oci:{src.path}:v1", f"docker://{registry.host}/{repo}:v1", "--preserve-digests"
+        )
+        assert _referrer_digests(c, repo, image.digest) == {sha256_digest(body)}
+
+
+@berth_bug(
+    "referrers are answered only from berth's own index (_manifests/referrers/...), written on "
+    "berth's manifest PUT; a manifest with `subject` already in the directory is never listed"
+)
+def test_referrer_written_by_distribution_listed_by_berth(
+    shared_pair: tuple[Server, Server], repo: str
+):
+    """An artifact with `subject` pushed through Distribution 2.8.2 (which stores it as a plain
+    manifest) onto the shared directory is found by the referrers API of the registry under
+    test: the directory is served as it is."""
+    if target_kind() == "distribution":
+        pytest.skip("CNCF Distribution 2.8.2 has no referrers API (BERTH_E2E_TARGET=distribution)")
+    berth, dist = shared_pair
+    subject = {"mediaType": MT_MANIFEST, "digest": sha256_digest(repo.encode()), "size": 10}
+    with dist.client() as cd, berth.client() as cb:
+        body = _referrer_manifest(cd, repo, subject, SBOM_TYPE)
+        r = cd.put(
+            f"/v2/{repo}/manifests/{sha256_digest(body)}",
+            content=body,
+            headers={"Content-Type": MT_MANIFEST},
+        )
+        assert r.status_code == 201, r.text
+        assert _referrer_digests(cb, repo, subject["digest"]) == {sha256_digest(body)}
+
+
+@berth_bug(
+    "the referrers list loads each indexed digest without checking the repository's revision "
+    "link, so a manifest deleted by Distribution (GET 404) is still listed"
+)
+def test_referrer_deleted_by_distribution_leaves_berth_list(
+    shared_pair: tuple[Server, Server], repo: str
+):
+    """A referrer pushed through the registry under test, then deleted through Distribution
+    2.8.2 on the shared directory, is no longer listed (nor served)."""
+    if target_kind() == "distribution":
+        pytest.skip("CNCF Distribution 2.8.2 has no referrers API (BERTH_E2E_TARGET=distribution)")
+    berth, dist = shared_pair
+    subject = {"mediaType": MT_MANIFEST, "digest": sha256_digest(repo.encode()), "size": 10}
+    with dist.client() as cd, berth.client() as cb:
+        body = _referrer_manifest(cb, repo, subject, SBOM_TYPE)
+        digest = sha256_digest(body)
+        r = cb.put(
+            f"/v2/{repo}/manifests/{digest}", content=body, headers={"Content-Type": MT_MANIFEST}
+        )
+        assert r.status_code == 201, r.text
+        assert _referrer_digests(cb, repo, subject["digest"]) == {digest}
+        r = cd.delete(f"/v2/{repo}/manifests/{digest}")
+        assert r.status_code == 202, r.text
+        r = cb.get(f"/v2/{repo}/manifests/{digest}", headers={"Accept": MT_MANIFEST})
+        assert r.status_code == 404, (r.status_code, r.text)
+        assert _referrer_digests(cb, repo, subject["digest"]) == set()
