@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from .api import base, blobs, listing, manifests, referrers, uploads
 from .api.common import EXCEPTION_HANDLERS
+from .auth import install as install_auth
 from .config import Settings
 from .observability.logging import configure_logging
 from .observability.middleware import ObservabilityMiddleware
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, driver: StorageDriver | None = 
         app.include_router(module.router)
     if settings.observability.metrics:
         app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
+    install_auth(app, settings)  # before observability: refused requests are logged too
     app.add_middleware(
         ObservabilityMiddleware,
         instruments=instruments,

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import __version__
+from .auth import cli as auth_cli
 from .config import Settings, load_settings, set_nested
 
 _ENV_HELP = """\
@@ -39,6 +40,7 @@ SERVE_FLAGS: dict[str, str] = {
     "storage_root": "storage.filesystem.root",
     "log_level": "observability.log_level",
 }
+SERVE_FLAGS.update(auth_cli.SERVE_FLAGS)
 
 
 def settings_from_args(args: argparse.Namespace, flags: dict[str, str]) -> Settings:
@@ -54,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import SETTINGS_ENV, create_app
+    from .auth.tls import uvicorn_options as tls_options
     from .observability.logging import configure_logging
 
     settings = settings_from_args(args, SERVE_FLAGS)
@@ -67,6 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "server_header": False,
         "proxy_headers": False,
     }
+    tls = settings.http.tls
+    common.update(tls_options(tls.cert_file, tls.key_file, tls.reload_check_seconds))
     if settings.http.workers > 1:
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
         uvicorn.run(
@@ -115,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (http.port; default 5000)")
     serve.add_argument("--workers", type=int, help="worker processes (http.workers; default 1)")
     serve.add_argument("--log-level", help="log level (observability.log_level; default info)")
+    auth_cli.add_serve_flags(serve)
     serve.set_defaults(func=cmd_serve)
+    auth_cli.add_commands(sub)
 
     from .gc.command import add_arguments as add_gc_arguments
 
