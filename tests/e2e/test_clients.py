@@ -266,3 +266,43 @@ def test_berth_config_file_read_only(
             assert c.get("/readyz").status_code == 200
     finally:
         ro.stop()
+
+
+def test_ctr_pull_by_digest_and_nested_names(
+    tmp_path: Path, registry: Server, skopeo: Skopeo, containerd: Containerd, repo: str
+):
+    """Pinned digests (as Deployments pin images) and names with dots, underscores and many
+    path components, through skopeo and containerd."""
+    src = OCILayout(tmp_path / "src")
+    image = src.add_image(layers=1)
+    src.tag(image.descriptor, "v1")
+    name = f"{repo}/team.one/app_x__y-z/deep/er"
+    tag = "V1.2.3_rc-1"
+    _push(skopeo, src, "v1", registry, f"{name}:{tag}", "--preserve-digests")
+    assert skopeo.inspect_raw(f"docker://{registry.host}/{name}:{tag}") == image.body
+    ref = f"{registry.host}/{name}@{image.digest}"
+    containerd.ctr("images", "pull", "--plain-http", "--platform", "linux/amd64", ref)
+    out = containerd.ctr("images", "ls", "-q").stdout.split()
+    assert ref in out
+    with registry.client() as c:
+        r = c.get(f"/v2/{name}/tags/list")
+        assert r.status_code == 200
+        assert r.json() == {"name": name, "tags": [tag]}
+
+
+def test_zstd_layers(tmp_path: Path, registry: Server, skopeo: Skopeo, repo: str):
+    """skopeo recompresses to zstd on push: the registry stores any layer media type as is."""
+    src = OCILayout(tmp_path / "src")
+    image = src.add_image(layers=2)
+    src.tag(image.descriptor, "v1")
+    _push(skopeo, src, "v1", registry, f"{repo}:zstd", "--dest-compress-format", "zstd")
+    raw = skopeo.inspect_raw(f"docker://{registry.host}/{repo}:zstd")
+    manifest = json.loads(raw)
+    assert {la["mediaType"] for la in manifest["layers"]} == {
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    }
+    dst = OCILayout(tmp_path / "dst")
+    skopeo.copy(f"docker://{registry.host}/{repo}:zstd", f"oci:{dst.path}:z", "--preserve-digests")
+    assert dst.resolve("z")["digest"] == sha256_digest(raw)
+    for la in manifest["layers"]:
+        assert sha256_digest(dst.read_blob(la["digest"])) == la["digest"]

@@ -224,3 +224,35 @@ def test_distribution_gc_keeps_what_berth_wrote(
         )
     finally:
         server.stop()
+
+
+def test_repository_isolation_on_shared_directory(shared_pair, repo: str):
+    """A blob or manifest Distribution linked into one repository is not served from another
+    repository by the registry under test (the blob store is global; the links are not)."""
+    berth, dist = shared_pair
+    data = b"only in repository a " + repo.encode()
+    with dist.client() as cd, berth.client() as cb:
+        digest = push_blob(cd, f"{repo}/a", data)
+        assert cb.get(f"/v2/{repo}/a/blobs/{digest}", follow_redirects=True).content == data
+        r = cb.get(f"/v2/{repo}/b/blobs/{digest}", follow_redirects=True)
+        assert r.status_code == 404, (r.status_code, r.text[:200])
+        assert r.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        assert cb.head(f"/v2/{repo}/b/blobs/{digest}").status_code == 404
+        # A manifest that needs that blob cannot be pushed to b through berth either.
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MT_MANIFEST,
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": digest,
+                    "size": len(data),
+                },
+                "layers": [],
+            }
+        ).encode()
+        r = cb.put(
+            f"/v2/{repo}/b/manifests/x", content=manifest, headers={"Content-Type": MT_MANIFEST}
+        )
+        assert r.status_code == 400, (r.status_code, r.text)
+        assert r.json()["errors"][0]["code"] in ("MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN")
