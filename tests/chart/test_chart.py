@@ -1,0 +1,172 @@
+"""The Helm chart: lint, render, and validate against Kubernetes' and the CRDs' schemas."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from chart_schema import SCHEMA_PATH, render
+
+from berth_operator.crds import CRD_FILES, crd_text, openapi_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "berth"
+EXAMPLES = ROOT / "docs" / "examples"
+K8S_VERSIONS = ("1.29", "1.35")
+S3_VALUES = EXAMPLES / "helm-values-s3.yaml"
+
+
+def tool(name: str) -> str:
+    """A binary from tools/bin (scripts/install-helm.sh) or PATH; under CI=true it must exist."""
+    local = ROOT / "tools" / "bin" / name
+    found = str(local) if local.is_file() else shutil.which(name)
+    if found:
+        return found
+    message = f"{name} not found in tools/bin or PATH: run scripts/install-helm.sh"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": "/tmp/berth-helm/cache",
+        "HELM_CONFIG_HOME": "/tmp/berth-helm/config",
+        "HELM_DATA_HOME": "/tmp/berth-helm/data",
+    }
+    result = subprocess.run(
+        [tool("helm"), *args], capture_output=True, text=True, timeout=60, env=env
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def template(*extra: str) -> str:
+    return helm(
+        "template", "berth", str(CHART), "--namespace", "registry", "--include-crds", *extra
+    ).stdout
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def validate_custom(obj: dict[str, Any]) -> None:
+    jsonschema.validate(obj, openapi_schema(obj["kind"]))
+
+
+def test_lint_strict() -> None:
+    result = helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in result.stdout
+    result = helm("lint", "--strict", str(CHART), "-f", str(S3_VALUES))
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize(
+    "values",
+    [[], ["-f", str(S3_VALUES)], ["--set", "registry.enabled=true"]],
+    ids=["default", "s3-auth-autoscaling", "registry-default-spec"],
+)
+def test_template_validates_against_kubernetes_schemas(values: list[str], version: str) -> None:
+    """``helm template | kubernetes-validate --strict -k VERSION -``."""
+    rendered = template(*values)
+    command = [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, "-"]
+    result = subprocess.run(command, input=rendered, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ERROR" not in result.stdout, result.stdout
+    docs = documents(rendered)
+    builtin = [d for d in docs if not d["apiVersion"].startswith("berth.dev/")]
+    passed = [line for line in result.stdout.splitlines() if " passed for resource " in line]
+    assert len(passed) == len(builtin), result.stdout
+    # Custom resources have no published schema: check them against the CRDs.
+    for doc in docs:
+        if doc["apiVersion"].startswith("berth.dev/"):
+            validate_custom(doc)
+
+
+def test_default_install_has_no_registry_and_least_privilege_rbac() -> None:
+    docs = documents(template())
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "CustomResourceDefinition",
+        "Deployment",
+        "ServiceAccount",
+    ]
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+        assert "secrets" not in rule["resources"]  # pods reference Secrets; nobody reads them
+        if "persistentvolumeclaims" in rule["resources"]:
+            assert "delete" not in rule["verbs"]  # registry data is never deleted
+    operator = next(d for d in docs if d["kind"] == "Deployment")
+    assert operator["spec"]["replicas"] == 1
+    assert operator["spec"]["strategy"] == {"type": "Recreate"}
+    container = operator["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][0] == "berth-operator"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_s3_values_create_a_valid_registry() -> None:
+    docs = documents(template("-f", str(S3_VALUES)))
+    registry = next(d for d in docs if d["kind"] == "Registry")
+    assert registry["metadata"]["name"] == "berth"
+    assert registry["spec"]["image"] == "ghcr.io/berth-registry/berth:0.1.0"
+    assert registry["spec"]["storage"]["s3"]["bucket"] == "example-registry"
+    validate_custom(registry)
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    assert any("namespaces" in rule["resources"] for rule in role["rules"])
+    operator = next(d for d in docs if d["kind"] == "Deployment")
+    assert operator["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == [
+        "--namespace",
+        "registry",
+    ]
+
+
+def test_values_schema_rejects_bad_values() -> None:
+    bad = helm(
+        "template", "berth", str(CHART), "--set", "registry.spec.storage.driver=gcs", check=False
+    )
+    assert bad.returncode != 0 and "driver" in bad.stderr
+    bad = helm("template", "berth", str(CHART), "--set", "operator.logFormat=xml", check=False)
+    assert bad.returncode != 0
+
+
+def test_values_schema_is_generated_from_the_crd() -> None:
+    assert SCHEMA_PATH.read_text() == render(), (
+        "values.schema.json is stale: run .venv/bin/python tests/chart/chart_schema.py"
+    )
+
+
+def test_chart_crds_are_the_operator_crds() -> None:
+    for filename in CRD_FILES:
+        assert (CHART / "crds" / filename).read_text() == crd_text(filename), filename
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_validate_against_the_crds(path: Path) -> None:
+    docs = documents(path.read_text())
+    assert docs
+    if path.name.startswith("helm-values"):
+        jsonschema.validate(docs[0], yaml.safe_load(SCHEMA_PATH.read_text()))
+        return
+    for doc in docs:
+        validate_custom(doc)
+
+
+def test_notes_explain_access_and_containerd() -> None:
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    assert "hosts.toml" in notes and "port-forward" in notes and "docker-registry" in notes
