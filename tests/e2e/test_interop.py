@@ -256,3 +256,27 @@ def test_repository_isolation_on_shared_directory(shared_pair, repo: str):
         )
         assert r.status_code == 400, (r.status_code, r.text)
         assert r.json()["errors"][0]["code"] in ("MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN")
+
+
+def test_tag_delete_seen_by_distribution(tmp_path: Path, shared_pair, skopeo: Skopeo, repo: str):
+    """OCI 1.1 tag deletion through the registry under test removes the tag for Distribution
+    too, and leaves the manifest and the other tag alone."""
+    berth, dist = shared_pair
+    if berth.kind == "distribution":
+        pytest.skip("Distribution 2.8.2 does not delete tags by name")
+    src = OCILayout(tmp_path / "src")
+    image = src.add_image(layers=1)
+    src.tag(image.descriptor, "v1")
+    for tag in ("keep", "drop"):
+        skopeo.copy(
+            f"oci:{src.path}:v1", f"docker://{dist.host}/{repo}:{tag}", "--preserve-digests"
+        )
+    accept = {"Accept": MT_MANIFEST}
+    with berth.client() as cb, dist.client() as cd:
+        r = cb.delete(f"/v2/{repo}/manifests/drop")
+        assert r.status_code == 202, (r.status_code, r.text)
+        assert cd.get(f"/v2/{repo}/manifests/drop", headers=accept).status_code == 404
+        assert cd.get(f"/v2/{repo}/tags/list").json()["tags"] == ["keep"]
+        r = cd.get(f"/v2/{repo}/manifests/keep", headers=accept)
+        assert r.headers["Docker-Content-Digest"] == image.digest
+        assert cd.get(f"/v2/{repo}/manifests/{image.digest}", headers=accept).status_code == 200

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 
-from .conftest import Server, location_path, target_kind, with_query
+from .conftest import Server, Skopeo, location_path, target_kind, with_query
+from .ocilayout import OCILayout, closure
 
 pytestmark = pytest.mark.e2e
 
@@ -101,3 +103,48 @@ def test_out_of_order_chunk_on_other_replica_is_refused(replicas, repo: str):
         r = cb.get(loc)
         assert r.status_code == 204
         assert r.headers["Range"] == "0-99999"
+
+
+def test_two_uvicorn_workers(tmp_path: Path, berth_factory, skopeo: Skopeo, repo: str):
+    """`http.workers: 2` (from a --config file): one port, two processes; a multi-connection
+    client (skopeo --all) and chunked uploads land on both and still agree."""
+    if target_kind() != "berth":
+        pytest.skip("berth's own configuration file")
+    server = berth_factory.start(config={"http": {"workers": 2}})
+    try:
+        src = OCILayout(tmp_path / "src")
+        index = src.add_platform_index(layers=3)
+        src.tag(index.descriptor, "multi")
+        remote = f"docker://{server.host}/{repo}:multi"
+        skopeo.copy(f"oci:{src.path}:multi", remote, "--all", "--preserve-digests")
+        assert skopeo.inspect_raw(remote) == index.body
+        dst = OCILayout(tmp_path / "dst")
+        skopeo.copy(remote, f"oci:{dst.path}:back", "--all", "--preserve-digests")
+        for digest in closure(src, index.digest):
+            assert dst.read_blob(digest) == src.read_blob(digest)
+        data = os.urandom(300_000)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        for _ in range(3):  # new connections each time: the kernel spreads them over workers
+            with server.client() as c:
+                r = c.post(f"/v2/{repo}/blobs/uploads/")
+                assert r.status_code == 202
+                loc = location_path(r.headers["Location"])
+            for i in range(3):
+                chunk = data[i * 100_000 : (i + 1) * 100_000]
+                with server.client() as c:
+                    r = c.patch(
+                        loc,
+                        content=chunk,
+                        headers={
+                            "Content-Type": "application/octet-stream",
+                            "Content-Range": f"{i * 100_000}-{(i + 1) * 100_000 - 1}",
+                        },
+                    )
+                    assert r.status_code == 202, r.text
+                    loc = location_path(r.headers["Location"])
+            with server.client() as c:
+                r = c.put(with_query(loc, digest=digest))
+                assert r.status_code == 201, r.text
+                assert c.get(f"/v2/{repo}/blobs/{digest}", follow_redirects=True).content == data
+    finally:
+        server.stop()
