@@ -229,7 +229,11 @@ class RegistryFactory:
         raise NotImplementedError
 
     def stop_all(self) -> None:
-        for server in self.servers:
+        running = [s for s in self.servers if s.proc.poll() is None]
+        for server in running:  # SIGTERM all first, so they shut down side by side
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server.proc.pid, signal.SIGTERM)
+        for server in running:
             server.stop()
 
 
