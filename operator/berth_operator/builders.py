@@ -109,8 +109,10 @@ def validate_registry_spec(spec: Obj) -> None:
         problems.append("auth.htpasswd.secretName is required when auth.mode is htpasswd")
     if auth["mode"] == "token":
         token = auth.get("token") or {}
-        if not token.get("secretName") or not token.get("realm"):
-            problems.append("auth.token.secretName and auth.token.realm are required for token")
+        if not any(token.get(k) for k in ("jwksURL", "trustedKeysSecret", "signingKeySecret")):
+            problems.append(
+                "auth.token needs jwksURL, trustedKeysSecret or signingKeySecret to verify tokens"
+            )
     scaling = spec["autoscaling"]
     if scaling["enabled"] and scaling["minReplicas"] > scaling["maxReplicas"]:
         problems.append("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
@@ -136,8 +138,26 @@ class AuthParts:
     mounts: list[Obj] = field(default_factory=list)
 
 
+def _secret_file(volume: str, secret: str, key: str, filename: str, mode: int) -> AuthParts:
+    directory = f"{AUTH_DIR}/{volume}"
+    return AuthParts(
+        volumes=[
+            {
+                "name": f"auth-{volume}",
+                "secret": {
+                    "secretName": secret,
+                    "items": [{"key": key, "path": filename}],
+                    "defaultMode": mode,
+                },
+            }
+        ],
+        mounts=[{"name": f"auth-{volume}", "mountPath": directory, "readOnly": True}],
+    )
+
+
 def auth_parts(spec: Obj) -> AuthParts:
-    """Map ``spec.auth`` to the registry's ``auth:`` config section, Secrets mounted as files.
+    """Map ``spec.auth`` to the registry's ``auth:`` config section (service/berth/config.py,
+    ``AuthSettings``), with the referenced Secrets mounted as files.
 
     Kept in one place on purpose: the registry's auth settings are still settling.
     """
@@ -147,39 +167,41 @@ def auth_parts(spec: Obj) -> AuthParts:
         return AuthParts()
     if mode == "htpasswd":
         ref = auth["htpasswd"]
-        key = ref.get("key", "htpasswd")
-        return AuthParts(
-            config={"mode": "htpasswd", "htpasswd": {"path": f"{AUTH_DIR}/htpasswd"}},
-            volumes=[
-                {
-                    "name": "auth",
-                    "secret": {
-                        "secretName": ref["secretName"],
-                        "items": [{"key": key, "path": "htpasswd"}],
-                    },
-                }
-            ],
-            mounts=[{"name": "auth", "mountPath": AUTH_DIR, "readOnly": True}],
+        parts = _secret_file(
+            "htpasswd", ref["secretName"], ref.get("key", "htpasswd"), "htpasswd", 0o444
         )
-    token = auth["token"]
-    key = token.get("key", "tls.crt")
-    section: Obj = {"realm": token["realm"], "rootcertbundle": f"{AUTH_DIR}/token.crt"}
-    for src, dst in (("service", "service"), ("issuer", "issuer")):
+        parts.config = {"mode": "htpasswd", "htpasswd_file": f"{AUTH_DIR}/htpasswd/htpasswd"}
+        return parts
+    token = auth.get("token") or {}
+    section: Obj = {}
+    for src, dst in (
+        ("realm", "realm"),
+        ("service", "service"),
+        ("issuer", "issuer"),
+        ("jwksURL", "jwks_url"),
+    ):
         if token.get(src):
             section[dst] = token[src]
-    return AuthParts(
-        config={"mode": "token", "token": section},
-        volumes=[
-            {
-                "name": "auth",
-                "secret": {
-                    "secretName": token["secretName"],
-                    "items": [{"key": key, "path": "token.crt"}],
-                },
-            }
-        ],
-        mounts=[{"name": "auth", "mountPath": AUTH_DIR, "readOnly": True}],
-    )
+    parts = AuthParts()
+    trusted = token.get("trustedKeysSecret")
+    if trusted:
+        more = _secret_file(
+            "trusted", trusted["name"], trusted.get("key", "keys.pem"), "keys.pem", 0o444
+        )
+        parts.volumes += more.volumes
+        parts.mounts += more.mounts
+        section["trusted_keys_file"] = f"{AUTH_DIR}/trusted/keys.pem"
+    signing = token.get("signingKeySecret")
+    if signing:
+        # A private key: readable by the pod's group (fsGroup) only.
+        more = _secret_file(
+            "signing", signing["name"], signing.get("key", "key.pem"), "key.pem", 0o440
+        )
+        parts.volumes += more.volumes
+        parts.mounts += more.mounts
+        section["signing_key_file"] = f"{AUTH_DIR}/signing/key.pem"
+    parts.config = {"mode": "token", "token": section}
+    return parts
 
 
 def deep_merge(base: Obj, override: Obj) -> Obj:
