@@ -10,6 +10,8 @@ anonymous callers.
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -91,21 +93,35 @@ async def token(request: Request) -> Response:
     return _issue(auth, identity, params.getlist("scope"), oauth=False)
 
 
+async def _form(request: Request) -> dict[str, list[str]]:
+    """An ``application/x-www-form-urlencoded`` body (at most 64 KiB)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > 65536:
+            break
+    fields: dict[str, list[str]] = {}
+    for key, value in parse_qsl(body[:65536].decode("utf-8", "replace")):
+        fields.setdefault(key, []).append(value)
+    return fields
+
+
 @router.post(TOKEN_PATH)
 async def oauth_token(request: Request) -> Response:
     auth = _auth(request)
-    form = await request.form()
-    grant = str(form.get("grant_type", ""))
-    bad = _check_service(auth, str(form.get("service", "")) or None)
+    form = await _form(request)
+    grant = form.get("grant_type", [""])[0]
+    bad = _check_service(auth, form.get("service", [""])[0] or None)
     if bad is not None:
         return bad
     if grant != "password":
         # containerd then falls back to GET with Basic credentials.
         return _error(400, "unsupported_grant_type", "only grant_type=password is supported")
-    found = await _identity(auth, str(form.get("username", "")), str(form.get("password", "")))
+    user, password = form.get("username", [""])[0], form.get("password", [""])[0]
+    found = await _identity(auth, user, password)
     if found is None:
         return _error(401, "invalid_grant", "invalid credentials")
-    scopes = [str(v) for v in form.getlist("scope")]
+    scopes = form.get("scope", [])
     return _issue(auth, found, scopes, oauth=True)
 
 
