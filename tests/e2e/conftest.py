@@ -135,6 +135,7 @@ class Server:
     root: Path
     log: Path
     extra: dict[str, object] = field(default_factory=dict)
+    scheme: str = "http"
 
     @property
     def host(self) -> str:
@@ -142,7 +143,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     def client(self, **kw: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kw)  # type: ignore[arg-type]
@@ -182,8 +183,8 @@ def wait_registry_ready(server: Server, timeout: float = READY_TIMEOUT) -> None:
                 f"{server.log_tail()}"
             )
         try:
-            r = httpx.get(f"{server.url}/v2/", timeout=2)
-            if r.status_code == 200:
+            r = httpx.get(f"{server.url}/v2/", timeout=2, verify=False)
+            if r.status_code in (200, 401):  # 401: ready, with authentication on
                 return
             last = f"GET /v2/ -> {r.status_code}"
         except httpx.HTTPError as exc:
@@ -239,11 +240,28 @@ class RegistryFactory:
 
 class BerthFactory(RegistryFactory):
     kind = "berth"
+    _args: tuple[str, ...] = ()
+    _scheme = "http"
+
+    def start(
+        self,
+        root: Path | None = None,
+        config: dict | None = None,
+        args: list[str] | None = None,
+        scheme: str = "http",
+    ) -> Server:
+        """As RegistryFactory.start; ``args``: extra ``berth serve`` flags (e.g. --auth),
+        ``scheme``: https when the flags or config turn TLS on."""
+        self._args, self._scheme = tuple(args or ()), scheme
+        try:
+            return super().start(root, config)
+        finally:
+            self._args, self._scheme = (), "http"
 
     def _spawn(self, port: int, root: Path, config: dict | None) -> Server:
         exe = require_tool("berth")
         log = self.workdir / f"berth-{port}.log"
-        cmd = [exe, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [exe, "serve", "--host", "127.0.0.1", "--port", str(port), *self._args]
         if config is None:
             cmd += ["--storage-root", str(root)]
         else:
@@ -257,7 +275,7 @@ class BerthFactory(RegistryFactory):
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
-        return Server("berth", proc, port, root, log)
+        return Server("berth", proc, port, root, log, scheme=self._scheme)
 
 
 class DistributionFactory(RegistryFactory):
