@@ -127,13 +127,15 @@ def test_s3_values_create_a_valid_registry() -> None:
     assert registry["spec"]["image"] == "ghcr.io/berth-registry/berth:0.1.0"
     assert registry["spec"]["storage"]["s3"]["bucket"] == "example-registry"
     validate_custom(registry)
+
+
+def test_watching_some_namespaces() -> None:
+    docs = documents(template("--set", "operator.watchNamespaces={registry,team-*}"))
     role = next(d for d in docs if d["kind"] == "ClusterRole")
     assert any("namespaces" in rule["resources"] for rule in role["rules"])
     operator = next(d for d in docs if d["kind"] == "Deployment")
-    assert operator["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == [
-        "--namespace",
-        "registry",
-    ]
+    command = operator["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[-4:] == ["--namespace", "registry", "--namespace", "team-*"]
 
 
 def test_values_schema_rejects_bad_values() -> None:
