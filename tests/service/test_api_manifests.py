@@ -392,4 +392,4 @@ async def test_health_and_metrics(client: httpx.AsyncClient) -> None:
     await client.get("/v2/")
     r = await client.get("/metrics")
     assert r.status_code == 200
-    assert "berth_http_request_duration" in r.text
+    assert "http_server_request_duration" in r.text

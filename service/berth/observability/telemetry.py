@@ -1,4 +1,10 @@
-"""OpenTelemetry set up once at start-up: request metrics for Prometheus, optional tracing."""
+"""OpenTelemetry providers, installed once per process at start-up.
+
+FastAPI's native telemetry records a span and the ``http.server.request.duration`` histogram for
+every request through the global providers set here; Berth adds storage-call spans and the
+``berth.storage.call.duration`` histogram (storage/traced.py). Metrics are exposed for Prometheus
+at ``/metrics``; spans are exported by OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
+"""
 
 from __future__ import annotations
 
@@ -14,48 +20,37 @@ from opentelemetry.sdk.trace import TracerProvider
 from ..config import ObservabilitySettings
 
 log = logging.getLogger(__name__)
-_PROVIDERS: dict[str, object] = {}
+_INSTALLED: set[str] = set()
 
 
 @dataclass
 class Instruments:
     tracer: trace.Tracer | None
-    request_duration: metrics.Histogram
-    request_bytes: metrics.Counter
     storage_duration: metrics.Histogram
 
 
 def setup_telemetry(settings: ObservabilitySettings) -> Instruments:
     """Install the global providers once per process; later calls reuse them."""
     resource = Resource.create({"service.name": "berth"})
-    if "meter" not in _PROVIDERS:
-        readers = []
-        if settings.metrics:
-            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    if settings.metrics and "meter" not in _INSTALLED:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
-            readers.append(PrometheusMetricReader())
-        provider = MeterProvider(resource=resource, metric_readers=readers)
-        metrics.set_meter_provider(provider)
-        _PROVIDERS["meter"] = provider
+        metrics.set_meter_provider(
+            MeterProvider(resource=resource, metric_readers=[PrometheusMetricReader()])
+        )
+        _INSTALLED.add("meter")
     tracer = None
     if settings.tracing:
-        if "tracer" not in _PROVIDERS:
-            tracer_provider = TracerProvider(resource=resource)
-            _add_exporter(tracer_provider)
-            trace.set_tracer_provider(tracer_provider)
-            _PROVIDERS["tracer"] = tracer_provider
+        if "tracer" not in _INSTALLED:
+            provider = TracerProvider(resource=resource)
+            _add_exporter(provider)
+            trace.set_tracer_provider(provider)
+            _INSTALLED.add("tracer")
         tracer = trace.get_tracer("berth")
-    meter = metrics.get_meter("berth")
     return Instruments(
         tracer=tracer,
-        request_duration=meter.create_histogram(
-            "berth_http_request_duration", unit="s", description="HTTP request duration"
-        ),
-        request_bytes=meter.create_counter(
-            "berth_http_response_bytes", unit="By", description="Response bytes sent"
-        ),
-        storage_duration=meter.create_histogram(
-            "berth_storage_call_duration", unit="s", description="Storage driver call duration"
+        storage_duration=metrics.get_meter("berth").create_histogram(
+            "berth.storage.call.duration", unit="s", description="Storage driver call duration"
         ),
     )
 
