@@ -278,7 +278,7 @@ async def test_token_flow_and_partial_grants(tmp_path: Path, auth_files: dict[st
         r = await c.post("/v2/team/app/blobs/uploads/", headers=bearer(token))
         assert r.status_code == 401
         assert 'error="insufficient_scope"' in r.headers["WWW-Authenticate"]
-        assert 'scope="repository:team/app:push"' in r.headers["WWW-Authenticate"]
+        assert 'scope="repository:team/app:pull,push"' in r.headers["WWW-Authenticate"]
         # Wrong password at the endpoint: 401, no token.
         r = await c.get(
             "/auth/token",

@@ -22,7 +22,7 @@ from ..registry.errors import Denied, Unauthorized
 from .htpasswd import Htpasswd
 from .keys import KeySet, check_algorithms, load_signing_key, parse_trusted_keys, public_pem
 from .policy import ANONYMOUS, Identity, PolicySource
-from .scopes import PULL, REPOSITORY, Access, Requirement
+from .scopes import PULL, PUSH, REPOSITORY, Access, Requirement
 from .tokens import InvalidToken, TokenIssuer, TokenVerifier
 
 log = logging.getLogger("berth.auth")
@@ -124,6 +124,10 @@ class AuthService:
             f'service="{_quote(self.settings.auth.token.service)}"',
         ]
         if access is not None:
+            if PUSH in access.actions:
+                # Ask for pull too, as CNCF Distribution does: clients that keep one token per
+                # repository (oras-py) need both for a push; pull is still not required.
+                access = Access(access.type, access.name, access.actions | {PULL})
             parts.append(f'scope="{_quote(access.scope())}"')
         if error:
             parts.append(f'error="{error}"')
