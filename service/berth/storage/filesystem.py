@@ -135,8 +135,8 @@ class FilesystemDriver(StorageDriver):
             for attempt in range(3):
                 if not src_path.exists():
                     raise PathNotFound(src)
-                dst_path.parent.mkdir(parents=True, exist_ok=True)
                 try:
+                    dst_path.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(src_path, dst_path)
                     return
                 except FileNotFoundError:
@@ -189,12 +189,13 @@ class _FilesystemWriter(FileWriter):
 
 def _retry_missing_parent(path: Path, mode: str) -> BinaryIO:
     """Open for writing, creating parents; retry if a concurrent delete pruned them meanwhile."""
-    for attempt in range(3):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(5):
         try:
+            # mkdir itself can fail when a concurrent delete prunes a parent it just created.
+            path.parent.mkdir(parents=True, exist_ok=True)
             return path.open(mode)  # type: ignore[return-value]
         except FileNotFoundError:
-            if attempt == 2:
+            if attempt == 4:
                 raise
     raise AssertionError("unreachable")
 
