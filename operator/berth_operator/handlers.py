@@ -137,8 +137,9 @@ async def _delete_owned(kind: str, namespace: str, name: str, owner_uid: str) ->
 @kopf.on.create(GROUP, VERSION, "registries")
 @kopf.on.update(GROUP, VERSION, "registries")
 async def reconcile_registry(
-    body: kopf.Body, name: str, namespace: str, logger: kopf.Logger, **_: Any
+    body: kopf.Body, name: str, namespace: str | None, logger: kopf.Logger, **_: Any
 ) -> None:
+    assert namespace is not None  # namespaced resources
     registry = plain(body)
     meta = registry["metadata"]
     generation = meta.get("generation")
@@ -212,8 +213,9 @@ async def reconcile_registry(
     "deployments",
     labels={"app.kubernetes.io/managed-by": MANAGED_BY, REGISTRY_LABEL: kopf.PRESENT},
 )
-async def deployment_changed(body: kopf.Body, namespace: str, type: str | None, **_: Any) -> None:
+async def deployment_changed(body: kopf.Body, namespace: str | None, type: str, **_: Any) -> None:
     """Mirror a registry Deployment's rollout into its Registry's conditions."""
+    assert namespace is not None  # namespaced resources
     if type == "DELETED":
         return
     deployment = plain(body)
@@ -235,8 +237,9 @@ async def deployment_changed(body: kopf.Body, namespace: str, type: str | None, 
 
 @kopf.on.delete(GROUP, VERSION, "registries")
 async def delete_registry(
-    body: kopf.Body, name: str, namespace: str, logger: kopf.Logger, **_: Any
+    body: kopf.Body, name: str, namespace: str | None, logger: kopf.Logger, **_: Any
 ) -> None:
+    assert namespace is not None  # namespaced resources
     """Remove what the Registry created (the garbage collector would too; this does not wait
     for it). The data volume claim and the bucket are left alone."""
     uid = body["metadata"]["uid"]
@@ -264,7 +267,8 @@ async def _write_gc_status(namespace: str, name: str, status: Obj) -> None:
 @kopf.on.resume(GROUP, VERSION, "garbagecollections")
 @kopf.on.create(GROUP, VERSION, "garbagecollections")
 @kopf.on.update(GROUP, VERSION, "garbagecollections")
-async def reconcile_gc(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+async def reconcile_gc(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+    assert namespace is not None  # namespaced resources
     gc = plain(body)
     generation = gc["metadata"].get("generation")
     previous = (gc.get("status") or {}).get("conditions") or []
@@ -313,8 +317,9 @@ async def reconcile_gc(body: kopf.Body, name: str, namespace: str, **_: Any) -> 
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={GC_LABEL: kopf.PRESENT})
-async def gc_job_changed(body: kopf.Body, namespace: str, type: str | None, **_: Any) -> None:
+async def gc_job_changed(body: kopf.Body, namespace: str | None, type: str, **_: Any) -> None:
     """Record a GC Job's outcome (and ``berth gc --json`` counts) in its GarbageCollection."""
+    assert namespace is not None  # namespaced resources
     if type == "DELETED":
         return
     job = plain(body)

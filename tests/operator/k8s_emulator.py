@@ -40,7 +40,7 @@ class FixedEmulator(kmock.KubernetesEmulator):
         return str(self.last_rv)
 
     def _stored(self, request: rendering.Request) -> dict[str, Any] | None:
-        key = (request.resource, request.namespace, request.name)
+        key: Any = (request.resource, request.namespace, request.name)
         if key in self.objects and not self.objects[key].deleted:
             raw: dict[str, Any] = self.objects[key].raw
             return raw
