@@ -58,11 +58,10 @@ def create_app(settings: Settings | None = None, driver: StorageDriver | None = 
     )
     app.state.registry = registry
     app.state.settings = settings
-    # Routes go straight onto the app: FastAPI's include_router adds a matching layer per
-    # router on every request, and these routers carry no prefix or dependencies to combine.
+    # Plain Starlette routes, straight onto the app (see api.common.RouteTable).
     # Order matters: the catalog route must win over the ``{name:path}`` routes.
     for module in (base, listing, referrers, uploads, blobs, manifests):
-        app.router.routes.extend(module.router.routes)
+        app.router.routes.extend(module.routes.routes)
     if settings.observability.metrics:
         app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     install_auth(app, settings)  # before observability: refused requests are logged too

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from .common import error_body, registry
+from .common import RouteTable, error_body, registry
 
-router = APIRouter()
+routes = RouteTable()
 _VERSION_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 
-@router.api_route("/v2/", methods=["GET", "HEAD"])
-async def version_check() -> Response:
+@routes.route("/v2/", ["GET", "HEAD"])
+async def version_check(request: Request) -> Response:
     return JSONResponse({}, headers=_VERSION_HEADERS)
 
 
-@router.get("/healthz")
-async def healthz() -> Response:
+@routes.route("/healthz", ["GET"])
+async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz")
+@routes.route("/readyz", ["GET"])
 async def readyz(request: Request) -> Response:
     try:
         await registry(request).driver.ping()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from ..registry.digest import Digest
 from ..registry.errors import BlobUnknown, RangeInvalid
-from .common import registry
+from .common import RouteTable, registry
 
-router = APIRouter()
+routes = RouteTable()
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -25,8 +25,8 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     if (
         not sep
         or len(spec) > 60
-        or not (first.isdigit() or first == "")
-        or not (last.isdigit() or last == "")
+        or not (first.isascii() and (first.isdigit() or first == ""))
+        or not (last.isascii() and (last.isdigit() or last == ""))
     ):
         return None
     if first == "":
@@ -40,8 +40,9 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-@router.api_route("/v2/{name:path}/blobs/{digest}", methods=["GET", "HEAD"])
-async def get_blob(request: Request, name: str, digest: str) -> Response:
+@routes.route("/v2/{name:path}/blobs/{digest}", ["GET", "HEAD"])
+async def get_blob(request: Request) -> Response:
+    name, digest = request.path_params["name"], request.path_params["digest"]
     reg = registry(request)
     reg.name(name)
     d = Digest.parse(digest)
@@ -81,8 +82,9 @@ async def get_blob(request: Request, name: str, digest: str) -> Response:
     )
 
 
-@router.delete("/v2/{name:path}/blobs/{digest}")
-async def delete_blob(request: Request, name: str, digest: str) -> Response:
+@routes.route("/v2/{name:path}/blobs/{digest}", ["DELETE"])
+async def delete_blob(request: Request) -> Response:
+    name, digest = request.path_params["name"], request.path_params["digest"]
     reg = registry(request)
     reg.name(name)
     reg.check_delete()

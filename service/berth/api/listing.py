@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from ..registry.catalog import paginate
 from ..registry.errors import PaginationInvalid
-from .common import registry
+from .common import RouteTable, registry
 
-router = APIRouter()
+routes = RouteTable()
 
 
 def _page_params(request: Request) -> tuple[int | None, str | None]:
     n_value = request.query_params.get("n")
     n = None
     if n_value is not None:
-        if not n_value.isdigit() or len(n_value) > 9:
+        if not (n_value.isascii() and n_value.isdigit()) or len(n_value) > 9:
             raise PaginationInvalid(f"n must be a non-negative integer, not {n_value[:20]!r}")
         n = min(int(n_value), registry(request).settings.limits.max_page_size)
     return n, request.query_params.get("last")
@@ -36,15 +36,16 @@ def _page(
     return JSONResponse({**extra, key: page}, headers=headers)
 
 
-@router.api_route("/v2/{name:path}/tags/list", methods=["GET", "HEAD"])
-async def list_tags(request: Request, name: str) -> Response:
+@routes.route("/v2/{name:path}/tags/list", ["GET", "HEAD"])
+async def list_tags(request: Request) -> Response:
+    name = request.path_params["name"]
     reg = registry(request)
     reg.name(name)
     tags = await reg.tags.all(name)
     return _page(request, f"/v2/{name}/tags/list", tags, "tags", {"name": name})
 
 
-@router.get("/v2/_catalog")
+@routes.route("/v2/_catalog", ["GET"])
 async def catalog(request: Request) -> Response:
     reg = registry(request)
     return _page(request, "/v2/_catalog", await reg.catalog(), "repositories", {})

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 
 from ..registry import mediatypes as mt
 from ..registry.errors import ManifestTooLarge, ManifestUnknown
 from ..registry.names import is_digest_reference
-from .common import content_length, location, registry
+from .common import RouteTable, content_length, location, registry
 
-router = APIRouter()
+routes = RouteTable()
 
 
 def _accepted(accept_headers: list[str]) -> set[str]:
@@ -37,8 +37,9 @@ def _check_accept(request: Request, media_type: str, reference: str) -> None:
         )
 
 
-@router.api_route("/v2/{name:path}/manifests/{reference}", methods=["GET", "HEAD"])
-async def get_manifest(request: Request, name: str, reference: str) -> Response:
+@routes.route("/v2/{name:path}/manifests/{reference}", ["GET", "HEAD"])
+async def get_manifest(request: Request) -> Response:
+    name, reference = request.path_params["name"], request.path_params["reference"]
     reg = registry(request)
     reg.name(name)
     stored = await reg.manifests.get(name, reference)
@@ -64,8 +65,9 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-@router.put("/v2/{name:path}/manifests/{reference}")
-async def put_manifest(request: Request, name: str, reference: str) -> Response:
+@routes.route("/v2/{name:path}/manifests/{reference}", ["PUT"])
+async def put_manifest(request: Request) -> Response:
+    name, reference = request.path_params["name"], request.path_params["reference"]
     reg = registry(request)
     reg.name(name)
     reg.check_writable()
@@ -81,8 +83,9 @@ async def put_manifest(request: Request, name: str, reference: str) -> Response:
     return Response(status_code=201, headers=headers)
 
 
-@router.delete("/v2/{name:path}/manifests/{reference}")
-async def delete_manifest(request: Request, name: str, reference: str) -> Response:
+@routes.route("/v2/{name:path}/manifests/{reference}", ["DELETE"])
+async def delete_manifest(request: Request) -> Response:
+    name, reference = request.path_params["name"], request.path_params["reference"]
     reg = registry(request)
     reg.name(name)
     reg.check_delete()

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from ..registry import mediatypes as mt
 from ..registry.digest import Digest
-from .common import registry
+from .common import RouteTable, registry
 
-router = APIRouter()
+routes = RouteTable()
 
 
-@router.get("/v2/{name:path}/referrers/{digest}")
-async def list_referrers(request: Request, name: str, digest: str) -> Response:
+@routes.route("/v2/{name:path}/referrers/{digest}", ["GET"])
+async def list_referrers(request: Request) -> Response:
+    name, digest = request.path_params["name"], request.path_params["digest"]
     reg = registry(request)
     reg.name(name)
     subject = Digest.parse(digest)

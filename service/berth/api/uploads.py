@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 
 from ..registry.digest import Digest
 from ..registry.errors import DigestInvalid
 from ..registry.uploads import UploadStatus, parse_content_range, validate_upload_id
-from .common import content_length, has_body, location, registry
+from .common import RouteTable, content_length, has_body, location, registry
 
-router = APIRouter()
+routes = RouteTable()
 
 
 def _session_response(request: Request, name: str, status: UploadStatus, code: int) -> Response:
@@ -43,8 +43,9 @@ def _digest_param(request: Request) -> Digest:
     return Digest.parse(value)
 
 
-@router.post("/v2/{name:path}/blobs/uploads/")
-async def start_upload(request: Request, name: str) -> Response:
+@routes.route("/v2/{name:path}/blobs/uploads/", ["POST"])
+async def start_upload(request: Request) -> Response:
+    name = request.path_params["name"]
     reg = registry(request)
     reg.name(name)
     reg.check_writable()
@@ -61,16 +62,18 @@ async def start_upload(request: Request, name: str) -> Response:
     return _session_response(request, name, status, 202)
 
 
-@router.get("/v2/{name:path}/blobs/uploads/{upload_id}")
-async def upload_status(request: Request, name: str, upload_id: str) -> Response:
+@routes.route("/v2/{name:path}/blobs/uploads/{upload_id}", ["GET"])
+async def upload_status(request: Request) -> Response:
+    name, upload_id = request.path_params["name"], request.path_params["upload_id"]
     reg = registry(request)
     reg.name(name)
     status = await reg.uploads.status(name, validate_upload_id(upload_id))
     return _session_response(request, name, status, 204)
 
 
-@router.patch("/v2/{name:path}/blobs/uploads/{upload_id}")
-async def upload_chunk(request: Request, name: str, upload_id: str) -> Response:
+@routes.route("/v2/{name:path}/blobs/uploads/{upload_id}", ["PATCH"])
+async def upload_chunk(request: Request) -> Response:
+    name, upload_id = request.path_params["name"], request.path_params["upload_id"]
     reg = registry(request)
     reg.name(name)
     reg.check_writable()
@@ -85,8 +88,9 @@ async def upload_chunk(request: Request, name: str, upload_id: str) -> Response:
     return _session_response(request, name, status, 202)
 
 
-@router.put("/v2/{name:path}/blobs/uploads/{upload_id}")
-async def finish_upload(request: Request, name: str, upload_id: str) -> Response:
+@routes.route("/v2/{name:path}/blobs/uploads/{upload_id}", ["PUT"])
+async def finish_upload(request: Request) -> Response:
+    name, upload_id = request.path_params["name"], request.path_params["upload_id"]
     reg = registry(request)
     reg.name(name)
     reg.check_writable()
@@ -104,8 +108,9 @@ async def finish_upload(request: Request, name: str, upload_id: str) -> Response
     return _created(request, name, digest)
 
 
-@router.delete("/v2/{name:path}/blobs/uploads/{upload_id}")
-async def cancel_upload(request: Request, name: str, upload_id: str) -> Response:
+@routes.route("/v2/{name:path}/blobs/uploads/{upload_id}", ["DELETE"])
+async def cancel_upload(request: Request) -> Response:
+    name, upload_id = request.path_params["name"], request.path_params["upload_id"]
     reg = registry(request)
     reg.name(name)
     reg.check_writable()
