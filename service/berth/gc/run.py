@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..storage.driver import StorageDriver
@@ -36,8 +37,13 @@ class GCOptions:
 
 
 async def collect_garbage(
-    driver: StorageDriver, options: GCOptions, progress: Progress | None = None
+    driver: StorageDriver,
+    options: GCOptions,
+    progress: Progress | None = None,
+    phase_hook: Callable[[str], Awaitable[None]] | None = None,
 ) -> Report:
+    """One run. ``phase_hook(name)`` is awaited at each phase boundary (tests widen the windows
+    between listing, marking and sweeping with it)."""
     progress = progress or Progress(enabled=False)
     report = Report(
         dry_run=options.dry_run,
@@ -68,6 +74,8 @@ async def collect_garbage(
         report.blobs_total = sum(1 for b in inv.blobs.values() if b.data is not None)
         report.repositories = len(inv.repositories())
 
+        if phase_hook:
+            await phase_hook("listed")
         progress.start("marking")
         marker = Marker(
             driver,
@@ -84,6 +92,8 @@ async def collect_garbage(
         )
 
         units = plan(inv, mark, cutoff, now)
+        if phase_hook:
+            await phase_hook("planned")
         if options.dry_run:
             _describe(report, units)
         else:
