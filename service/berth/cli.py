@@ -30,6 +30,31 @@ def _add_common_storage_flags(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="directory for the filesystem driver (storage.filesystem.root; default ./data)",
     )
+    s3 = parser.add_argument_group(
+        "S3 storage",
+        "credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+        "AWS_PROFILE, web identity); see docs/storage.md",
+    )
+    s3.add_argument(
+        "--storage",
+        choices=["filesystem", "s3"],
+        help="storage driver (storage.driver; default filesystem)",
+    )
+    s3.add_argument("--s3-bucket", metavar="B", help="bucket (storage.s3.bucket)")
+    s3.add_argument("--s3-endpoint", metavar="URL", help="S3 endpoint (storage.s3.endpoint_url)")
+    s3.add_argument("--s3-region", metavar="R", help="region (storage.s3.region)")
+    s3.add_argument(
+        "--s3-public-endpoint",
+        metavar="URL",
+        help="endpoint clients reach, used only to sign redirect URLs "
+        "(storage.s3.public_endpoint_url)",
+    )
+    s3.add_argument(
+        "--redirect",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="answer blob GETs with a 307 to a presigned URL (storage.redirect; default on)",
+    )
 
 
 # flag attribute → settings path
@@ -38,6 +63,12 @@ SERVE_FLAGS: dict[str, str] = {
     "port": "http.port",
     "workers": "http.workers",
     "storage_root": "storage.filesystem.root",
+    "storage": "storage.driver",
+    "s3_bucket": "storage.s3.bucket",
+    "s3_endpoint": "storage.s3.endpoint_url",
+    "s3_region": "storage.s3.region",
+    "s3_public_endpoint": "storage.s3.public_endpoint_url",
+    "redirect": "storage.redirect",
     "log_level": "observability.log_level",
 }
 SERVE_FLAGS.update(auth_cli.SERVE_FLAGS)

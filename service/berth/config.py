@@ -54,7 +54,9 @@ class S3Settings(_Section):
     region: str = Field("us-east-1", description="Bucket region.")
     endpoint_url: str | None = Field(None, description="S3 endpoint (unset: AWS).")
     public_endpoint_url: str | None = Field(
-        None, description="Endpoint used only to sign redirect URLs for clients."
+        None,
+        description="Endpoint used only to sign redirect URLs for clients (unset: endpoint_url). "
+        "Never a subdomain of the registry host, so clients do not send it their credentials.",
     )
     root_directory: str = Field("", description="Key prefix inside the bucket.")
     path_style: bool = Field(True, description="Use path-style addressing.")
@@ -62,9 +64,41 @@ class S3Settings(_Section):
     sse: str | None = Field(None, description="Server-side encryption (AES256 or aws:kms).")
     sse_kms_key_id: str | None = Field(None, description="KMS key for aws:kms encryption.")
     part_size: int = Field(
-        16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart upload part size (bytes)."
+        8 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        le=5 * 1024 * 1024 * 1024,
+        description="Multipart upload part size (bytes); every part but the last has this size. "
+        "About one part is buffered in memory per upload in progress.",
     )
     max_pool_connections: int = Field(64, ge=1, description="HTTP connection pool size.")
+    access_key_id: str | None = Field(
+        None,
+        description="Static access key. Unset (recommended): the standard AWS credential chain "
+        "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, web identity for IRSA, "
+        "instance metadata).",
+    )
+    secret_access_key: str | None = Field(
+        None, repr=False, description="Static secret key (prefer the credential chain)."
+    )
+    profile: str | None = Field(None, description="Named profile from the AWS config files.")
+    ca_bundle: str | None = Field(
+        None, description="CA bundle for an https endpoint (unset: AWS_CA_BUNDLE or the default)."
+    )
+    verify_tls: bool = Field(True, description="Verify the endpoint's TLS certificate.")
+    connect_timeout: float = Field(5.0, gt=0, description="Connect timeout (seconds).")
+    read_timeout: float = Field(60.0, gt=0, description="Read timeout per request (seconds).")
+    prune_directories: bool = Field(
+        True,
+        description="After a delete, also delete the empty directory entries that some stores "
+        "(SeaweedFS) keep and list; harmless elsewhere (one more DELETE per delete).",
+    )
+    max_attempts: int = Field(
+        5,
+        ge=1,
+        le=20,
+        description="Attempts per request (with exponential backoff and jitter) for throttling, "
+        "5xx answers, timeouts and connection resets; then the registry answers 503.",
+    )
 
 
 class StorageSettings(_Section):

@@ -1,0 +1,69 @@
+"""Mapping object-store failures to the driver's errors.
+
+botocore already retries throttling (``SlowDown``), 5xx answers, timeouts and connection resets
+with exponential backoff and jitter (``retries.mode = standard``); whatever still fails after
+that is the store being down, which the registry answers with 503 and ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import aiohttp
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..driver import PathNotFound, StorageUnavailable
+
+T = TypeVar("T")
+
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchUpload"})
+UNAVAILABLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "OperationAborted",
+    }
+)
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def http_status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def is_not_found(exc: ClientError) -> bool:
+    return error_code(exc) in NOT_FOUND_CODES or http_status(exc) == 404
+
+
+def translate(exc: BaseException, key: str) -> BaseException:
+    """The driver-level exception for a failure of an S3 call on ``key``."""
+    if isinstance(exc, ClientError):
+        if is_not_found(exc):
+            return PathNotFound(key)
+        if error_code(exc) in UNAVAILABLE_CODES or http_status(exc) >= 500:
+            return StorageUnavailable(f"object store: {error_code(exc) or http_status(exc)}")
+        return exc
+    if isinstance(exc, BotoCoreError | aiohttp.ClientError | TimeoutError | OSError):
+        return StorageUnavailable(f"object store unreachable: {type(exc).__name__}: {exc}")
+    return exc
+
+
+async def call(key: str, awaitable: Awaitable[T]) -> T:
+    """Await one S3 call, mapping its failure (after botocore's retries) to driver errors."""
+    try:
+        return await awaitable
+    except (TimeoutError, ClientError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
+        raise translate(exc, key) from exc
+
+
+def response_size(response: dict[str, Any]) -> int:
+    return int(response.get("ContentLength", 0))

