@@ -3,7 +3,9 @@
 A session's age is its ``startedat`` (Distribution's RFC 3339 timestamp, which Berth writes too),
 else the newest object in it. Each stale session is cancelled through the driver's writer
 (``writer(..., append=True).cancel()``, where the S3 driver aborts the multipart upload behind
-``data``) and then deleted with ``driver.delete`` on its directory.
+``data``) and then deleted with ``driver.delete`` on its directory (which, on S3, also aborts
+multipart uploads under it). Drivers with ``abort_stale_uploads(older_than)`` (S3) then abort
+any other multipart upload started before the cut-off.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .inventory import Inventory, Upload, take_inventory
 class PurgeStats:
     uploads_seen: int = 0
     uploads_purged: int = 0
+    multipart_aborted: int = 0
     purged: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -90,5 +93,13 @@ async def purge_uploads(
                 stats.errors.append(f"{upload.repo} {upload.upload_id}: {exc}")
 
     await asyncio.gather(*(one(u) for u in inv.uploads.values()))
+    # Multipart uploads no session names any more (a crash between abort and delete, or
+    # writers outside _uploads): drivers that have them abort those started before the cut-off.
+    abort_stale = getattr(driver, "abort_stale_uploads", None)
+    if abort_stale is not None and not dry_run:
+        try:
+            stats.multipart_aborted = await abort_stale(cutoff)
+        except Exception as exc:
+            stats.errors.append(f"aborting stale multipart uploads: {exc}")
     stats.purged.sort()
     return stats
