@@ -3,8 +3,10 @@ policy (htpasswd mode) or the token (token mode) allows what the request needs.
 
 Errors are the registry's typed errors: UNAUTHORIZED (401) with a ``WWW-Authenticate``
 challenge when the caller should (re)authenticate, DENIED (403) when a logged-in user simply
-lacks the right. In token mode a valid token without the needed scope answers 401 with
-``error="insufficient_scope"``, as the token protocol wants, so clients fetch a wider token.
+lacks the right. In token mode a valid token without the needed scope answers 403 with a
+challenge carrying ``error="insufficient_scope"`` and the scope (RFC 6750 §3.1), so a client
+that reuses one token fetches a wider one; CNCF Distribution answers 401 there, which oras-py
+cannot recover from.
 """
 
 from __future__ import annotations
@@ -214,12 +216,12 @@ class AuthService:
         identity = Identity(verified.subject or None)
         access = req.access
         if access is not None and not verified.allows(access):
-            raise self._unauthorized(
-                scheme,
-                host,
-                access,
+            # RFC 6750 §3.1: a valid token without the scope is 403, with a challenge naming
+            # the scope, so clients that keep one token (oras-py) fetch a wider one.
+            challenge = self.challenge(scheme, host, access, "insufficient_scope")
+            raise Denied(
                 f"the token does not grant {access.scope()}",
-                "insufficient_scope",
+                headers={"WWW-Authenticate": challenge},
             )
         mount_ok = True
         if req.mount:
