@@ -200,6 +200,33 @@ class AuthSettings(_Section):
     token: TokenSettings = TokenSettings()
 
 
+class MaintenanceSettings(_Section):
+    upload_purge_age_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="Upload sessions older than this are purged (by `berth gc`, and by "
+        "`berth serve` when upload_purge_interval_seconds is set).",
+    )
+    upload_purge_interval_seconds: int = Field(
+        24 * 3600,
+        ge=0,
+        description="How often `berth serve` purges stale uploads; one replica at a time "
+        "(a lease object in storage). 0 disables it (`berth gc` still purges).",
+    )
+    gc_grace_period_seconds: int = Field(
+        3600,
+        ge=0,
+        description="Default grace period of `berth gc` (its --grace-period flag wins): "
+        "anything written or linked more recently is kept.",
+    )
+    config_reload_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How often `berth serve` re-reads its --config file for settings that "
+        "apply without a restart (storage.read_only); 0: only on SIGHUP.",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BERTH_", env_nested_delimiter="__", extra="forbid"
@@ -211,6 +238,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     auth: AuthSettings = AuthSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
 
     @classmethod
     def settings_customise_sources(
