@@ -13,6 +13,7 @@ from .api import base, blobs, listing, manifests, referrers, uploads
 from .api.common import EXCEPTION_HANDLERS
 from .auth import install as install_auth
 from .config import Settings
+from .gc.background import Maintenance, config_file_from_environment
 from .observability.logging import configure_logging
 from .observability.middleware import AccessLogMiddleware
 from .observability.telemetry import setup_telemetry
@@ -22,7 +23,12 @@ from .storage.factory import create_driver
 from .storage.traced import TracedDriver
 
 
-def create_app(settings: Settings | None = None, driver: StorageDriver | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    driver: StorageDriver | None = None,
+    config_file: str | None = None,
+) -> FastAPI:
+    """``config_file``: re-read for settings that apply live (storage.read_only; gc.background)."""
     settings = settings or Settings()
     instruments = setup_telemetry(settings.observability)
     driver = driver or create_driver(settings)
@@ -33,9 +39,12 @@ def create_app(settings: Settings | None = None, driver: StorageDriver | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await registry.driver.start()
+        maintenance = Maintenance(registry.driver, settings, config_file)
+        await maintenance.start()
         try:
             yield
         finally:
+            await maintenance.stop()
             await registry.close()
 
     app = FastAPI(
@@ -83,4 +92,4 @@ def app_from_environment() -> FastAPI:
     """Factory for multi-worker uvicorn: each worker rebuilds the settings the CLI resolved."""
     settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
     configure_logging(settings.observability.log_level, settings.observability.log_format)
-    return create_app(settings)
+    return create_app(settings, config_file=config_file_from_environment())

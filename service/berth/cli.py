@@ -88,6 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import SETTINGS_ENV, create_app
     from .auth.tls import uvicorn_options as tls_options
+    from .gc.background import CONFIG_FILE_ENV
     from .observability.logging import configure_logging
 
     settings = settings_from_args(args, SERVE_FLAGS)
@@ -105,6 +106,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     common.update(tls_options(tls.cert_file, tls.key_file, tls.reload_check_seconds))
     if settings.http.workers > 1:
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        if args.config:
+            os.environ[CONFIG_FILE_ENV] = args.config
         uvicorn.run(
             "berth.app:app_from_environment",
             factory=True,
@@ -112,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             **common,
         )
     else:
-        uvicorn.run(create_app(settings), **common)
+        uvicorn.run(create_app(settings, config_file=args.config), **common)
     return 0
 
 
