@@ -28,6 +28,10 @@ tools/bin/helm:
 test: $(STAMP) tools/bin/helm
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+# Berth vs CNCF Distribution 2.8.2 on SeaweedFS and on the filesystem (see docs/performance.md).
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
