@@ -353,3 +353,21 @@ async def test_garbage_collection_of_a_missing_registry_waits(operator: Any) -> 
         )
     )
     assert condition(gc, "Degraded")["reason"] == "RegistryNotFound"
+
+
+async def test_service_monitor_only_where_its_crd_exists(operator: Any) -> None:
+    import kmock
+
+    api = operator
+    spec = {"storage": {"driver": "s3", "s3": {"bucket": "b"}}, "serviceMonitor": {"enabled": True}}
+    await create(api, REG, registry("mon", **spec))
+    await eventually(lambda: live(api, "apps/v1/deployments", "mon"))
+    assert live(api, "monitoring.coreos.com/v1/servicemonitors", "mon") is None
+
+    # The Prometheus Operator's CRD appears; the next reconciliation adds the ServiceMonitor.
+    api.resources["monitoring.coreos.com/v1/servicemonitors"] = kmock.ResourceInfo(
+        kind="ServiceMonitor", namespaced=True, verbs={"get", "create", "patch", "delete"}
+    )
+    await patch(api, REG, "mon", {"spec": {"serviceMonitor": {"interval": "15s"}}})
+    monitor = await eventually(lambda: live(api, "monitoring.coreos.com/v1/servicemonitors", "mon"))
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
