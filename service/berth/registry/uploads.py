@@ -231,7 +231,8 @@ def parse_content_range(value: str) -> tuple[int, int]:
     if text.startswith("bytes "):
         text = text[6:].split("/", 1)[0]
     start_s, sep, end_s = text.partition("-")
-    if not sep or not start_s.isdigit() or not end_s.isdigit() or len(text) > 40:
+    digits = start_s.isascii() and end_s.isascii() and start_s.isdigit() and end_s.isdigit()
+    if not sep or not digits or len(text) > 40:
         raise RangeInvalid(f"invalid Content-Range: {value[:100]!r}")
     start, end = int(start_s), int(end_s)
     if end < start:
