@@ -232,6 +232,9 @@ async def deployment_changed(body: kopf.Body, namespace: str | None, type: str, 
     if degraded and degraded.get("reason") in ("InvalidSpec", "ApplyFailed"):
         return  # the spec handler owns the status until the spec is fixed
     status = registry_status(previous, generation, deployment, now_iso())
+    current = registry.get("status") or {}
+    if all(current.get(key) == value for key, value in status.items()):
+        return  # nothing new: no write, no event
     await _write_registry_status(namespace, registry_name, status)
 
 
