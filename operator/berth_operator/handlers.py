@@ -1,5 +1,9 @@
 """kopf handlers: apply what the builders return, keep status conditions current.
 
+Every object carries an owner reference, so deleting a Registry or a GarbageCollection lets
+Kubernetes' garbage collector remove what it created — with no finalizer, which would block
+deletion whenever the operator is not running. The data volume claim has no owner: it stays.
+
 Handlers are idempotent (compare-and-patch, see ``kube.apply``) and never sleep: transient API
 failures raise ``kopf.TemporaryError`` and kopf retries; a spec that cannot run sets the
 ``Degraded`` condition and raises ``kopf.PermanentError`` (no retry until the spec changes).
@@ -23,7 +27,6 @@ from berth_operator.builders import (
     SpecError,
     build_gc_workload,
     build_registry_objects,
-    config_map_name,
     in_cluster_url,
 )
 from berth_operator.crds import defaulted_spec
@@ -102,19 +105,6 @@ async def _write_registry_status(namespace: str, name: str, status: Obj) -> None
 
 
 OPTIONAL_KINDS = ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "Ingress")
-OWNED_KINDS = (
-    "Ingress",
-    "ServiceMonitor",
-    "PodDisruptionBudget",
-    "HorizontalPodAutoscaler",
-    "Deployment",
-    "Service",
-    "ConfigMap",
-)
-
-
-def _owned_name(kind: str, name: str) -> str:
-    return config_map_name(name) if kind == "ConfigMap" else name
 
 
 async def _delete_owned(kind: str, namespace: str, name: str, owner_uid: str) -> bool:
@@ -236,22 +226,6 @@ async def deployment_changed(body: kopf.Body, namespace: str | None, type: str, 
     if all(current.get(key) == value for key, value in status.items()):
         return  # nothing new: no write, no event
     await _write_registry_status(namespace, registry_name, status)
-
-
-@kopf.on.delete(GROUP, VERSION, "registries")
-async def delete_registry(
-    body: kopf.Body, name: str, namespace: str | None, logger: kopf.Logger, **_: Any
-) -> None:
-    assert namespace is not None  # namespaced resources
-    """Remove what the Registry created (the garbage collector would too; this does not wait
-    for it). The data volume claim and the bucket are left alone."""
-    uid = body["metadata"]["uid"]
-    try:
-        for kind in OWNED_KINDS:
-            if await _delete_owned(kind, namespace, _owned_name(kind, name), uid):
-                logger.info("Deleted %s %s", kind, _owned_name(kind, name))
-    except ApiError as e:
-        raise temporary(e, "deleting the registry's objects") from e
 
 
 # --------------------------------------------------------------------------- GarbageCollection

@@ -3,7 +3,8 @@
 As shipped, the emulator never sets ``metadata.resourceVersion``, replays every stored object as
 ADDED on each watch (even one resumed from a resourceVersion), and answers a JSON patch whose
 ``test`` operation fails with 500 where a real API server answers 422. It also never sets the
-``uid``, ``generation`` and ``creationTimestamp`` that controllers rely on.
+``uid``, ``generation`` and ``creationTimestamp`` that controllers rely on, and has no garbage
+collector for owner references (added here, as kube-controller-manager does it).
 """
 
 from __future__ import annotations
@@ -73,11 +74,37 @@ class FixedEmulator(kmock.KubernetesEmulator):
                         {"op": "add", "path": "/metadata/resourceVersion", "value": self._next_rv()}
                     )
         try:
-            return await super()._handle(request)
+            response = await super()._handle(request)
         except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as e:
             return await self._render_error(
                 kmock.KubernetesError(status=422, reason="Invalid", message=str(e))
             )
+        if request.resource is not None and request.action in (
+            enums.action.DELETE,
+            enums.action.UPDATE,
+        ):
+            await self._collect_garbage()
+        return response
+
+    async def _collect_garbage(self) -> None:
+        """What kube-controller-manager's garbage collector does (background propagation):
+        delete every object all of whose owners are gone, transitively."""
+        async with self._lock:
+            while True:
+                live = [(key, obj) for key, obj in self.objects.items() if not obj.deleted]
+                uids = {obj.raw.get("metadata", {}).get("uid") for _, obj in live}
+                orphans = [
+                    (key, obj)
+                    for key, obj in live
+                    if (refs := obj.raw.get("metadata", {}).get("ownerReferences"))
+                    and not any(ref.get("uid") in uids for ref in refs)
+                ]
+                if not orphans:
+                    return
+                for (resource, _, _), obj in orphans:
+                    raw = obj.raw
+                    obj.delete()
+                    await self._buses[resource].put({"type": "DELETED", "object": raw})
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         result: Any = await super()._serve_list(request)

@@ -28,5 +28,9 @@ def test_handlers_register_with_kopf() -> None:
     registry = kopf.get_default_registry()
     changing = {h.id for h in registry._changing.get_all_handlers()}
     watching = {h.id for h in registry._watching.get_all_handlers()}
-    assert {"reconcile_registry", "delete_registry", "reconcile_gc"} <= changing
+    assert {"reconcile_registry", "reconcile_gc"} <= changing
+    # No on-delete handler: nothing adds a finalizer (owner references do the cleanup).
+    assert not registry._changing.get_all_handlers() or all(
+        "delete" not in h.id for h in registry._changing.get_all_handlers()
+    )
     assert {"deployment_changed", "gc_job_changed"} <= watching
