@@ -304,7 +304,7 @@ class S3Driver(StorageDriver):
         children, _ = await asyncio.gather(below(), itself())
         for state_key in [k for k in children if k.endswith(STATE_SUFFIX)]:
             with contextlib.suppress(PathNotFound, ValueError, KeyError):
-                state = WriterState.from_json(await self.get_full(state_key))
+                state, _ = WriterState.from_bytes(await self.get_full(state_key))
                 if state.upload_id:
                     await self.abort_upload(state_key[: -len(STATE_SUFFIX)], state.upload_id)
         if children:
@@ -403,8 +403,8 @@ class S3Driver(StorageDriver):
             raw = None
         if raw is None:
             return S3Writer(self, key, WriterState(part_size=self.settings.part_size), False)
-        state = WriterState.from_json(raw)
-        writer = S3Writer(self, key, state, True)
+        state, inline = WriterState.from_bytes(raw)
+        writer = S3Writer(self, key, state, True, inline)
         if not append:
             await writer.cancel()
             return S3Writer(self, key, WriterState(part_size=self.settings.part_size), False)

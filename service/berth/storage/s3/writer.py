@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 STATE_SUFFIX = ".berth-mpu"
 TAIL_INFIX = ".berth-tail-"
+# A tail up to this size travels inside the state object: a small upload then costs one PUT
+# per PATCH and one GET to resume, and its commit is a PutObject from memory.
+INLINE_TAIL_MAX = 1024 * 1024
 
 
 def is_internal(name: str) -> bool:
@@ -45,12 +48,25 @@ class WriterState:
     part_size: int
     upload_id: str | None = None
     etags: list[str] = field(default_factory=list)
-    tail_key: str | None = None  # full bucket key
+    tail_key: str | None = None  # full bucket key; None with a tail: inline in the state
     tail_size: int = 0
 
     @property
     def size(self) -> int:
         return len(self.etags) * self.part_size + self.tail_size
+
+    def to_bytes(self, inline_tail: bytes = b"") -> bytes:
+        """One JSON line, then the inline tail (if any) as raw bytes."""
+        return self.to_json() + b"\n" + inline_tail
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> tuple[WriterState, bytes | None]:
+        head, _, rest = data.partition(b"\n")
+        state = cls.from_json(head)
+        inline = rest if state.tail_size and state.tail_key is None else None
+        if inline is not None and len(inline) != state.tail_size:
+            raise ValueError("truncated writer state")
+        return state, inline
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -78,15 +94,22 @@ class WriterState:
 
 
 class S3Writer(FileWriter):
-    def __init__(self, driver: S3Driver, key: str, state: WriterState, persisted: bool) -> None:
+    def __init__(
+        self,
+        driver: S3Driver,
+        key: str,
+        state: WriterState,
+        persisted: bool,
+        inline_tail: bytes | None = None,
+    ) -> None:
         self._driver = driver
         self._key = key  # driver-relative
         self._bucket_key = driver.full_key(key)
         self._state = state
         self._persisted = persisted  # a state object exists in the bucket
         self._old_tail: str | None = state.tail_key  # the tail object the stored state names
-        self._buffer = bytearray()
-        self._tail_loaded = state.tail_size == 0
+        self._buffer = bytearray(inline_tail or b"")
+        self._tail_loaded = state.tail_size == 0 or inline_tail is not None
         self._dirty = False
         self.size = state.size
 
@@ -152,18 +175,20 @@ class S3Writer(FileWriter):
             return
         state = self._state
         new_tail: str | None = None
-        if self._buffer:
+        inline = b""
+        if len(self._buffer) > INLINE_TAIL_MAX:
             new_tail = f"{self._bucket_key}{TAIL_INFIX}{uuid.uuid4().hex}"
             await self._driver.put_full(new_tail, bytes(self._buffer))
+        elif self._buffer:
+            inline = bytes(self._buffer)
         state.tail_key, state.tail_size = new_tail, len(self._buffer)
-        await self._driver.put_full(self._state_key, state.to_json())
+        await self._driver.put_full(self._state_key, state.to_bytes(inline))
         self._persisted = True
         old, self._old_tail = self._old_tail, new_tail
         if old and old != new_tail:
             await self._driver.delete_full([old])
         self._dirty = False
-        self._buffer = bytearray()
-        self._tail_loaded = state.tail_size == 0
+        self._tail_loaded = True  # the buffer still holds the tail; keep it for a commit
 
     async def commit(self) -> None:
         """Make ``K`` visible atomically, then drop the state and tail objects."""
