@@ -36,6 +36,7 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         "HELM_CACHE_HOME": "/tmp/berth-helm/cache",
         "HELM_CONFIG_HOME": "/tmp/berth-helm/config",
         "HELM_DATA_HOME": "/tmp/berth-helm/data",
+        "KUBECONFIG": "/dev/null",
     }
     result = subprocess.run(
         [tool("helm"), *args], capture_output=True, text=True, timeout=60, env=env

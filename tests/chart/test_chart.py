@@ -124,6 +124,14 @@ def test_examples_validate_against_the_crds(path: Path) -> None:
         validate_custom(doc)
 
 
-def test_notes_explain_access_and_containerd() -> None:
-    notes = (CHART / "templates" / "NOTES.txt").read_text()
-    assert "hosts.toml" in notes and "port-forward" in notes and "docker-registry" in notes
+@pytest.mark.parametrize("values", [[], ["-f", str(S3_VALUES)]], ids=["default", "s3"])
+def test_notes_explain_access_and_containerd(values: list[str]) -> None:
+    result = helm(
+        "install", "berth", str(CHART), "--namespace", "registry", "--dry-run=client", *values
+    )
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "hosts.toml" in notes and "docker-registry" in notes
+    if values:
+        assert "http://berth.registry.svc:5000" in notes and "port-forward svc/berth" in notes
+    else:
+        assert "kind: Registry" in notes
