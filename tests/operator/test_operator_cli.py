@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
+import sys
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import kopf
+from k8s_emulator import eventually
 
 from berth_operator.main import DEFAULT_LIVENESS, parse_args
 
@@ -34,3 +42,60 @@ def test_handlers_register_with_kopf() -> None:
         "delete" not in h.id for h in registry._changing.get_all_handlers()
     )
     assert {"deployment_changed", "gc_job_changed"} <= watching
+
+
+async def test_console_script_runs_the_operator(emulator: Any) -> None:
+    """``berth-operator`` as a process: it reconciles and answers on its liveness endpoint."""
+    api = emulator
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    liveness = f"http://127.0.0.1:{port}/healthz"
+    script = Path(sys.executable).with_name("berth-operator")
+    proc = await asyncio.create_subprocess_exec(
+        str(script),
+        "--log-format",
+        "plain",
+        "--liveness",
+        liveness,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ},
+    )
+    try:
+        body = {
+            "apiVersion": "berth.dev/v1alpha1",
+            "kind": "Registry",
+            "metadata": {"name": "proc", "namespace": "default"},
+            "spec": {},
+        }
+        rsp = await api.post("/apis/berth.dev/v1alpha1/namespaces/default/registries", json=body)
+        assert rsp.status in (200, 201)
+        await eventually(
+            lambda: (
+                ("apps/v1/deployments", "default", "proc")
+                in [
+                    (f"{r.group}/{r.version}/{r.plural}".lstrip("/"), ns, n)
+                    for (r, ns, n), o in api.objects.items()
+                    if not o.deleted
+                ]
+            ),
+            within=30,
+        )
+        async with aiohttp.ClientSession() as session:
+
+            async def alive() -> bool:
+                try:
+                    async with session.get(liveness) as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            assert await eventually(alive, within=10)
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
