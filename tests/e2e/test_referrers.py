@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Server, Skopeo, berth_bug, push_blob, target_kind
+from .conftest import Server, Skopeo, push_blob, target_kind
 from .ocilayout import MT_EMPTY, MT_INDEX, MT_MANIFEST, OCILayout, canonical_json, sha256_digest
 
 pytestmark = pytest.mark.e2e
@@ -240,10 +240,6 @@ def test_referrer_pushed_before_its_subject(
         assert _referrer_digests(c, repo, image.digest) == {sha256_digest(body)}
 
 
-@berth_bug(
-    "referrers are answered only from berth's own index (_manifests/referrers/...), written on "
-    "berth's manifest PUT; a manifest with `subject` already in the directory is never listed"
-)
 def test_referrer_written_by_distribution_listed_by_berth(
     shared_pair: tuple[Server, Server], repo: str
 ):
@@ -265,10 +261,6 @@ def test_referrer_written_by_distribution_listed_by_berth(
         assert _referrer_digests(cb, repo, subject["digest"]) == {sha256_digest(body)}
 
 
-@berth_bug(
-    "the referrers list loads each indexed digest without checking the repository's revision "
-    "link, so a manifest deleted by Distribution (GET 404) is still listed"
-)
 def test_referrer_deleted_by_distribution_leaves_berth_list(
     shared_pair: tuple[Server, Server], repo: str
 ):

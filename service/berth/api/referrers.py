@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from ..registry import mediatypes as mt
 from ..registry.digest import Digest
@@ -19,7 +21,8 @@ async def list_referrers(request: Request) -> Response:
     reg.name(name)
     subject = Digest.parse(digest)
     artifact_type = request.query_params.get("artifactType")
-    descriptors = await reg.manifests.referrers(name, subject, artifact_type)
+    descriptors = await reg.referrers.list(name, subject, artifact_type)
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
     index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": descriptors}
-    return JSONResponse(index, headers=headers, media_type=mt.OCI_INDEX)
+    # ensure_ascii: manifest strings may hold lone surrogates (valid JSON escapes, not UTF-8).
+    return Response(json.dumps(index).encode(), headers=headers, media_type=mt.OCI_INDEX)

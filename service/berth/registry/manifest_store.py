@@ -88,10 +88,7 @@ class ManifestStore:
         # Content first, then the links that make it visible: a crash in between leaves only
         # unreferenced content for garbage collection, never a link to nothing.
         await self.blobs.put_content(digest, body)
-        link = str(digest).encode()
-        await self.driver.put(paths.revision_link(name, digest), link)
-        if manifest.subject is not None:
-            await self.driver.put(paths.referrer_link(name, manifest.subject.digest, digest), link)
+        await self.driver.put(paths.revision_link(name, digest), str(digest).encode())
         if not isinstance(ref, Digest):
             await self.tags.set(name, ref, digest)
         stored = StoredManifest(digest, body, manifest)
@@ -134,49 +131,7 @@ class ManifestStore:
             raise ManifestUnknown(f"manifest unknown: {name}@{ref}")
         for tag in await self.tags.pointing_at(name, ref):
             await self.driver.delete(paths.tag_dir(name, tag))
-        try:
-            stored = await self.load(ref)
-        except (ManifestUnknown, ManifestInvalid):
-            stored = None
-        if stored is not None and stored.manifest.subject is not None:
-            await self.driver.delete(paths.referrer_link(name, stored.manifest.subject.digest, ref))
         await self.driver.delete(paths.revision_link(name, ref))
-
-    async def referrers(
-        self, name: str, subject: Digest, artifact_type: str | None = None
-    ) -> list[dict[str, object]]:
-        """Descriptors of the manifests whose ``subject`` is ``subject``."""
-        base = paths.referrers(name, subject)
-        digests: list[Digest] = []
-        try:
-            for algorithm in await self.driver.list(base):
-                for hex_ in await self.driver.list(f"{base}/{algorithm}"):
-                    try:
-                        digests.append(Digest.parse(f"{algorithm}:{hex_}"))
-                    except DigestInvalid:
-                        continue
-        except PathNotFound:
-            return []
-
-        async def describe(digest: Digest) -> dict[str, object] | None:
-            try:
-                stored = await self.load(digest)
-            except (ManifestUnknown, ManifestInvalid):
-                return None
-            m = stored.manifest
-            kind = m.referrer_artifact_type()
-            if artifact_type is not None and kind != artifact_type:
-                return None
-            return Descriptor(
-                media_type=m.media_type,
-                digest=digest,
-                size=len(stored.body),
-                artifact_type=kind,
-                annotations=m.annotations,
-            ).to_json()
-
-        found = await asyncio.gather(*(describe(d) for d in digests))
-        return [d for d in found if d is not None]
 
 
 __all__ = ["ManifestStore", "StoredManifest"]

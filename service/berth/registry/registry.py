@@ -10,6 +10,7 @@ from .digest import Digest
 from .errors import RegistryError, Unsupported
 from .manifest_store import ManifestStore
 from .names import validate_name
+from .referrers import Referrers
 from .tags import Tags
 from .uploads import Uploads
 
@@ -22,6 +23,7 @@ class Registry:
         self.tags = Tags(driver)
         self.manifests = ManifestStore(driver, self.blobs, self.tags, settings.cache.manifest_bytes)
         self.uploads = Uploads(driver, self.blobs)
+        self.referrers = Referrers(driver, self.manifests, settings.cache.blob_descriptors)
 
     # Guards shared by every write path.
     def check_writable(self) -> None:

@@ -10,9 +10,6 @@ Distribution is served as it is, and Distribution reads what Berth writes::
     docker/registry/v2/repositories/<name>/_manifests/tags/<tag>/index/<alg>/<hex>/link
     docker/registry/v2/repositories/<name>/_uploads/<id>/{data,startedat,hashstates/<alg>/<off>}
 
-Berth adds one directory Distribution ignores, an index of referrers by subject:
-``_manifests/referrers/<alg>/<subject-hex>/<alg>/<hex>/link``.
-
 Every argument has been validated (names.py, digest.py, upload ids) before it reaches here.
 """
 
@@ -67,14 +64,6 @@ def tag_current_link(name: str, tag: str) -> str:
 
 def tag_index_link(name: str, tag: str, digest: Digest) -> str:
     return f"{tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}/link"
-
-
-def referrers(name: str, subject: Digest) -> str:
-    return f"{manifests(name)}/referrers/{subject.algorithm}/{subject.hex}"
-
-
-def referrer_link(name: str, subject: Digest, digest: Digest) -> str:
-    return f"{referrers(name, subject)}/{digest.algorithm}/{digest.hex}/link"
 
 
 def uploads(name: str) -> str:
