@@ -71,17 +71,14 @@ async def test_console_script_runs_the_operator(emulator: Any) -> None:
         }
         rsp = await api.post("/apis/berth.dev/v1alpha1/namespaces/default/registries", json=body)
         assert rsp.status in (200, 201)
-        await eventually(
-            lambda: (
-                ("apps/v1/deployments", "default", "proc")
-                in [
-                    (f"{r.group}/{r.version}/{r.plural}".lstrip("/"), ns, n)
-                    for (r, ns, n), o in api.objects.items()
-                    if not o.deleted
-                ]
-            ),
-            within=30,
-        )
+
+        def deployed() -> bool:
+            try:
+                return not api.objects["apps/v1/deployments", "default", "proc"].deleted
+            except KeyError:
+                return False
+
+        await eventually(deployed, within=30)
         async with aiohttp.ClientSession() as session:
 
             async def alive() -> bool:
