@@ -21,7 +21,7 @@ async def list_referrers(request: Request) -> Response:
     reg.name(name)
     subject = Digest.parse(digest)
     artifact_type = request.query_params.get("artifactType")
-    descriptors = await reg.referrers.list(name, subject, artifact_type)
+    descriptors = await reg.referrers.find(name, subject, artifact_type)
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
     index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": descriptors}
     # ensure_ascii: manifest strings may hold lone surrogates (valid JSON escapes, not UTF-8).

@@ -39,7 +39,7 @@ class Referrers:
         self.manifests = manifests
         self._summaries: LRUCache[Digest, _Summary] = LRUCache(cache_entries)
 
-    async def list(
+    async def find(
         self, name: str, subject: Digest, artifact_type: str | None = None
     ) -> list[dict[str, Any]]:
         """Descriptors (OCI image index entries) of the referrers of ``subject`` in ``name``."""
