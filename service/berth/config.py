@@ -87,6 +87,11 @@ class S3Settings(_Section):
     verify_tls: bool = Field(True, description="Verify the endpoint's TLS certificate.")
     connect_timeout: float = Field(5.0, gt=0, description="Connect timeout (seconds).")
     read_timeout: float = Field(60.0, gt=0, description="Read timeout per request (seconds).")
+    fast_path: bool = Field(
+        True,
+        description="Sign and send single-object GET/HEAD/PUT/DELETE with Berth's own lean "
+        "SigV4 client instead of botocore (path-style with endpoint_url only).",
+    )
     prune_directories: bool = Field(
         True,
         description="After a delete, also delete the empty directory entries that some stores "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ...config import S3Settings
 from ..driver import FileWriter, ObjectInfo, PathNotFound, StorageDriver, StorageUnavailable
 from .errors import call, error_code, http_status, is_not_found, translate
+from .fastpath import FastS3, Frozen
 from .writer import STATE_SUFFIX, S3Writer, WriterState, is_internal
 
 READ_CHUNK = 1024 * 1024
@@ -31,7 +33,13 @@ COPY_PART = 1024**3
 READ_RESUMES = 3
 # Keys whose last component is one of these are always objects in the registry layout, so a
 # missing one needs no second request to check for a "directory" of that name.
-_LEAF_NAMES = frozenset({"data", "link", "startedat"})
+_LEAF_NAMES = frozenset({"data", "link", "startedat", "touch"})
+
+
+def _is_leaf(key: str) -> bool:
+    """Whether ``key`` names an object (never a directory) in the registry layout."""
+    name = key.rsplit("/", 1)[-1]
+    return name in _LEAF_NAMES or name.isdigit()  # digits: upload hash states
 
 
 class S3Driver(StorageDriver):
@@ -47,6 +55,7 @@ class S3Driver(StorageDriver):
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
         self._signer: Any = None
+        self._fast: FastS3 | None = None
         args: dict[str, Any] = {}
         if settings.storage_class:
             args["StorageClass"] = settings.storage_class
@@ -113,6 +122,22 @@ class S3Driver(StorageDriver):
                 session.create_client("s3", config=self._config(1), **self._client_args(public))
             )
         self._stack = stack
+        signer_creds = getattr(getattr(self._client, "_request_signer", None), "_credentials", None)
+        if s.fast_path and s.endpoint_url and s.path_style and signer_creds is not None:
+
+            async def credentials() -> Frozen:
+                frozen = await signer_creds.get_frozen_credentials()
+                return Frozen(frozen.access_key, frozen.secret_key, frozen.token)
+
+            put_headers = {
+                {
+                    "StorageClass": "x-amz-storage-class",
+                    "ServerSideEncryption": "x-amz-server-side-encryption",
+                    "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
+                }[k]: v
+                for k, v in self.object_args.items()
+            }
+            self._fast = FastS3(s, credentials, put_headers)
 
     @property
     def client(self) -> Any:
@@ -123,6 +148,9 @@ class S3Driver(StorageDriver):
     async def close(self) -> None:
         stack, self._stack = self._stack, None
         self._client = self._signer = None
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            await fast.close()
         if stack is not None:
             await stack.aclose()
 
@@ -146,6 +174,8 @@ class S3Driver(StorageDriver):
     # -- whole objects (also used by the writer, with bucket keys) -------------------------------
 
     async def get_full(self, full: str, key: str | None = None) -> bytes:
+        if self._fast is not None:
+            return await self._fast.get(full, key or full)
         resp = await call(key or full, self.client.get_object(Bucket=self.bucket, Key=full))
         async with resp["Body"] as body:
             try:
@@ -155,6 +185,9 @@ class S3Driver(StorageDriver):
         return data
 
     async def put_full(self, full: str, data: bytes, key: str | None = None) -> None:
+        if self._fast is not None:
+            await self._fast.put(full, key or full, data)
+            return
         await call(
             key or full,
             self.client.put_object(
@@ -170,7 +203,7 @@ class S3Driver(StorageDriver):
         for i in range(0, len(keys), 1000):
             batch = keys[i : i + 1000]
             if len(batch) == 1:
-                await call(batch[0], self.client.delete_object(Bucket=self.bucket, Key=batch[0]))
+                await self._delete_one(batch[0], batch[0])
                 continue
             resp = await call(
                 batch[0],
@@ -182,6 +215,12 @@ class S3Driver(StorageDriver):
             errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
             if errors:
                 raise StorageUnavailable(f"delete failed: {errors[0]}")
+
+    async def _delete_one(self, full: str, key: str) -> None:
+        if self._fast is not None:
+            await self._fast.delete(full, key)
+        else:
+            await call(key, self.client.delete_object(Bucket=self.bucket, Key=full))
 
     async def abort_upload(self, full: str, upload_id: str) -> None:
         with contextlib.suppress(PathNotFound):
@@ -215,9 +254,13 @@ class S3Driver(StorageDriver):
     async def stat(self, key: str) -> ObjectInfo:
         full = self.full_key(key)
         try:
+            if self._fast is not None:
+                reply = await self._fast.head(full, key)
+                modified = parsedate_to_datetime(reply.headers["Last-Modified"]).timestamp()
+                return ObjectInfo(key, int(reply.headers["Content-Length"]), modified)
             resp = await call(key, self.client.head_object(Bucket=self.bucket, Key=full))
         except PathNotFound:
-            if key.rsplit("/", 1)[-1] in _LEAF_NAMES:
+            if _is_leaf(key):
                 raise
             resp = await call(
                 key,
@@ -291,6 +334,12 @@ class S3Driver(StorageDriver):
     async def delete(self, key: str) -> None:
         """Delete an object and everything below it; abort writers in progress under it."""
         full = self.full_key(key)
+        prune = self.settings.prune_directories
+        parent = full.rsplit("/", 1)[0] if "/" in full[len(self.prefix) + 1 :] else None
+        if _is_leaf(key):
+            # One ordered DeleteObjects: the object, then its directory entry if now empty.
+            await self.delete_full([full, f"{parent}/"] if prune and parent else [full])
+            return
 
         async def below() -> Keys:
             found: Keys = []
@@ -299,7 +348,7 @@ class S3Driver(StorageDriver):
             return found
 
         async def itself() -> None:
-            await call(key, self.client.delete_object(Bucket=self.bucket, Key=full))
+            await self._delete_one(full, key)
 
         children, _ = await asyncio.gather(below(), itself())
         for state_key in [k for k in children if k.endswith(STATE_SUFFIX)]:
@@ -308,18 +357,18 @@ class S3Driver(StorageDriver):
                 if state.upload_id:
                     await self.abort_upload(state_key[: -len(STATE_SUFFIX)], state.upload_id)
         if children:
-            await self.delete_full(children)
-            if self.settings.prune_directories:
-                await self._prune_markers(full, children)
-        elif self.settings.prune_directories and "/" in full[len(self.prefix) + 1 :]:
-            parent = full.rsplit("/", 1)[0]
+            markers = self._markers(full, children) if prune else []
+            await self.delete_full(children + markers)
+        elif prune and parent:
             await call(key, self.client.delete_object(Bucket=self.bucket, Key=f"{parent}/"))
 
-    async def _prune_markers(self, full: str, children: Keys) -> None:
-        """Delete the directory entries some stores (SeaweedFS) keep, and list, once empty.
+    def _markers(self, full: str, children: Keys) -> Keys:
+        """Directory entries inside a deleted tree, deepest first.
 
-        Deepest first, only inside the deleted tree; a store that has no such entries answers
-        each with 204. A non-empty directory entry is never removed by these deletes.
+        Some stores (SeaweedFS) keep, and list, a directory after its last object is gone.
+        DeleteObjects handles its keys in order, so these go in the same request, after the
+        objects; a store without such entries ignores them, and a non-empty directory entry is
+        never removed by them.
         """
         dirs = {full}
         for child in children:
@@ -327,14 +376,7 @@ class S3Driver(StorageDriver):
             while len(parent) > len(full):
                 dirs.add(parent)
                 parent = parent.rsplit("/", 1)[0]
-        for depth in sorted({d.count("/") for d in dirs}, reverse=True):
-            level = [d for d in dirs if d.count("/") == depth]
-            await asyncio.gather(
-                *(
-                    call(d, self.client.delete_object(Bucket=self.bucket, Key=f"{d}/"))
-                    for d in level
-                )
-            )
+        return [f"{d}/" for d in sorted(dirs, key=lambda d: d.count("/"), reverse=True)]
 
     async def move(self, src: str, dst: str) -> None:
         src_full, dst_full = self.full_key(src), self.full_key(dst)

@@ -1,0 +1,185 @@
+"""A lean S3 client for the hot path: GetObject, HeadObject, PutObject and DeleteObject of
+small objects (links, manifests, upload state), signed with SigV4 here and sent with aiohttp.
+
+botocore spends about 1-3 ms of CPU per request (serialisation, the event system, response
+parsing); a manifest GET or blob HEAD is a single such request, so that overhead is most of the
+registry's own cost. This client signs (a few HMACs, signing keys cached per day) and sends the
+request itself, with the same credentials (botocore's chain, refreshed as botocore does), the
+same retries (exponential backoff with jitter for throttling, 5xx, timeouts and resets) and the
+same errors. Everything else (multipart, listing, copies, presigning) stays on botocore.
+
+Only path-style addressing against a configured endpoint uses it (``storage.s3.fast_path``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from yarl import URL
+
+from ...config import S3Settings
+from ..driver import PathNotFound, StorageUnavailable
+
+UNSIGNED = "UNSIGNED-PAYLOAD"
+_RETRY_STATUS = frozenset({500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class Frozen:
+    access_key: str
+    secret_key: str
+    token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: Any  # CIMultiDictProxy
+    body: bytes
+
+
+class FastS3:
+    def __init__(
+        self,
+        settings: S3Settings,
+        credentials: Callable[[], Awaitable[Frozen]],
+        extra_put_headers: dict[str, str],
+    ) -> None:
+        assert settings.endpoint_url
+        endpoint = urlsplit(settings.endpoint_url)
+        self._scheme = endpoint.scheme
+        self._host = endpoint.netloc  # as sent in Host (port included when not the default)
+        if (endpoint.scheme, endpoint.port) in (("http", 80), ("https", 443)):
+            self._host = endpoint.hostname or self._host
+        self._base_path = endpoint.path.rstrip("/") + "/" + quote(settings.bucket, safe="")
+        self._region = settings.region
+        self._credentials = credentials
+        self._put_headers = {k.lower(): v for k, v in extra_put_headers.items()}
+        self._max_attempts = settings.max_attempts
+        self._keys: dict[tuple[str, str], bytes] = {}
+        ssl_arg: ssl.SSLContext | bool = False
+        if endpoint.scheme == "https":
+            if not settings.verify_tls:
+                ssl_arg = False
+            else:
+                cafile = settings.ca_bundle or os.environ.get("AWS_CA_BUNDLE") or None
+                ssl_arg = ssl.create_default_context(cafile=cafile)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=settings.max_pool_connections, ssl=ssl_arg, keepalive_timeout=30
+            ),
+            timeout=aiohttp.ClientTimeout(
+                sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Content-Type", "Accept", "Accept-Encoding"),
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    def _signing_key(self, secret: str, date: str) -> bytes:
+        cached = self._keys.get((secret, date))
+        if cached is None:
+            k = hmac.new(("AWS4" + secret).encode(), date.encode(), hashlib.sha256).digest()
+            for part in (self._region, "s3", "aws4_request"):
+                k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+            self._keys = {(secret, date): k}  # one day at a time
+            cached = k
+        return cached
+
+    def _sign(self, method: str, path: str, headers: dict[str, str], creds: Frozen) -> None:
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        date = amz_date[:8]
+        headers["host"] = self._host
+        headers["x-amz-content-sha256"] = UNSIGNED
+        headers["x-amz-date"] = amz_date
+        if creds.token:
+            headers["x-amz-security-token"] = creds.token
+        names = sorted(headers)
+        signed = ";".join(names)
+        canonical = "".join(f"{n}:{headers[n].strip()}\n" for n in names)
+        request = f"{method}\n{path}\n\n{canonical}\n{signed}\n{UNSIGNED}"
+        scope = f"{date}/{self._region}/s3/aws4_request"
+        to_sign = (
+            f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
+        )
+        signature = hmac.new(
+            self._signing_key(creds.secret_key, date), to_sign.encode(), hashlib.sha256
+        ).hexdigest()
+        headers["authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
+            f"SignedHeaders={signed}, Signature={signature}"
+        )
+
+    async def request(
+        self,
+        method: str,
+        full_key: str,
+        key: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        """One request with retries; 404 raises PathNotFound, an unreachable store
+        StorageUnavailable; other statuses are returned."""
+        path = f"{self._base_path}/{quote(full_key, safe='/~')}"
+        url = URL(f"{self._scheme}://{self._host}{path}", encoded=True)
+        last = ""
+        for attempt in range(self._max_attempts):
+            if attempt:
+                await asyncio.sleep(random.random() * min(20.0, 2.0**attempt))
+            signed = dict(headers or {})
+            self._sign(method, path, signed, await self._credentials())
+            if body is not None:
+                signed["content-length"] = str(len(body))
+            try:
+                async with self._session.request(method, url, data=body, headers=signed) as r:
+                    data = b"" if method == "HEAD" else await r.read()
+                    if r.status == 404:
+                        raise PathNotFound(key)
+                    if r.status in _RETRY_STATUS or (r.status == 400 and b"RequestTimeout" in data):
+                        last = f"HTTP {r.status}"
+                        continue
+                    return Reply(r.status, r.headers, data)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+        raise StorageUnavailable(f"object store: {last} after {self._max_attempts} attempts")
+
+    async def get(self, full_key: str, key: str) -> bytes:
+        r = await self.request("GET", full_key, key)
+        _check(r, key)
+        return r.body
+
+    async def head(self, full_key: str, key: str) -> Reply:
+        r = await self.request("HEAD", full_key, key)
+        _check(r, key)
+        return r
+
+    async def put(self, full_key: str, key: str, data: bytes) -> None:
+        headers = {"content-type": "application/octet-stream", **self._put_headers}
+        _check(await self.request("PUT", full_key, key, data, headers), key)
+
+    async def delete(self, full_key: str, key: str) -> None:
+        _check(await self.request("DELETE", full_key, key), key)
+
+
+class StoreRefused(RuntimeError):
+    """The store answered with a client error (bad credentials, a policy): not retried."""
+
+
+def _check(r: Reply, key: str) -> None:
+    if r.status >= 300:
+        text = r.body[:300].decode(errors="replace")
+        raise StoreRefused(f"object store: HTTP {r.status} for {key}: {text}")
