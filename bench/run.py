@@ -448,7 +448,9 @@ async def run_suite(
             p, fx = servers[who], fixtures[who]
             u = f"{p.url}/v2/{fx.repo}"
 
-            def want(name: str, is_heavy: bool = False) -> bool:
+            def want(
+                name: str, is_heavy: bool = False, heavy: bool = heavy, who: str = who
+            ) -> bool:
                 if is_heavy and not heavy:
                     return False
                 ok = not only or any(o in name for o in only)
