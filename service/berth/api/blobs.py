@@ -30,7 +30,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     ):
         return None
     if first == "":
-        if last == "" or int(last) == 0:
+        if last == "" or int(last) == 0 or size == 0:  # an empty blob has no last byte
             raise RangeInvalid(headers={"Content-Range": f"bytes */{size}"})
         return max(size - int(last), 0), size - 1
     start = int(first)
