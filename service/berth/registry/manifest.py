@@ -121,7 +121,12 @@ def parse_descriptor(obj: Any, where: str) -> Descriptor:
 
 
 def detect_media_type(body: dict[str, Any], content_type: str | None) -> str:
-    """The manifest's type: its own ``mediaType``, else Content-Type, else its shape."""
+    """The manifest's type: its own ``mediaType``, else its shape.
+
+    Without ``mediaType`` the shape decides (as Distribution does), because a stored manifest is
+    read back with no Content-Type: a Content-Type naming another type is refused, or the
+    manifest would later be served as something else, or fail to parse at all.
+    """
     declared = body.get("mediaType")
     if declared is not None:
         if not isinstance(declared, str):
@@ -129,9 +134,10 @@ def detect_media_type(body: dict[str, Any], content_type: str | None) -> str:
         if content_type in mt.MANIFESTS and declared != content_type:
             raise _fail(f"mediaType {declared!r} does not match Content-Type {content_type!r}")
         return declared
-    if content_type in mt.MANIFESTS:
-        return content_type
-    return mt.OCI_INDEX if "manifests" in body else mt.OCI_MANIFEST
+    shape = mt.OCI_INDEX if "manifests" in body else mt.OCI_MANIFEST
+    if content_type in mt.MANIFESTS and content_type != shape:
+        raise _fail(f"a manifest without mediaType is {shape} by its shape, not {content_type}")
+    return shape
 
 
 def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:
