@@ -6,7 +6,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from ..registry.digest import Digest
-from ..registry.errors import DigestInvalid
+from ..registry.errors import DigestInvalid, RangeInvalid
 from ..registry.uploads import UploadStatus, parse_content_range, validate_upload_id
 from .common import RouteTable, content_length, has_body, location, registry
 
@@ -34,6 +34,19 @@ def _created(request: Request, name: str, digest: Digest) -> Response:
             "Content-Length": "0",
         },
     )
+
+
+async def _content_range(request: Request, name: str, upload_id: str) -> tuple[int, int] | None:
+    """The chunk's Content-Range; a malformed one is 416 with the session's current Range."""
+    header = request.headers.get("content-range")
+    if not header:
+        return None
+    try:
+        return parse_content_range(header)
+    except RangeInvalid as exc:
+        status = await registry(request).uploads.status(name, upload_id)
+        exc.headers = {**exc.headers, "Range": f"0-{max(status.offset - 1, 0)}"}
+        raise
 
 
 def _digest_param(request: Request) -> Digest:
@@ -77,12 +90,12 @@ async def upload_chunk(request: Request) -> Response:
     reg = registry(request)
     reg.name(name)
     reg.check_writable()
-    header = request.headers.get("content-range")
+    validate_upload_id(upload_id)
     status = await reg.uploads.append(
         name,
-        validate_upload_id(upload_id),
+        upload_id,
         request.stream(),
-        parse_content_range(header) if header else None,
+        await _content_range(request, name, upload_id),
         content_length(request),
     )
     return _session_response(request, name, status, 202)
@@ -96,13 +109,12 @@ async def finish_upload(request: Request) -> Response:
     reg.check_writable()
     validate_upload_id(upload_id)
     digest = _digest_param(request)
-    header = request.headers.get("content-range")
     await reg.uploads.complete(
         name,
         upload_id,
         digest,
         request.stream() if has_body(request) else None,
-        parse_content_range(header) if header else None,
+        await _content_range(request, name, upload_id),
         content_length(request),
     )
     return _created(request, name, digest)
