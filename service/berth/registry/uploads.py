@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -97,6 +97,8 @@ class Uploads:
                     headers=_range_headers(start),
                 )
             hasher = await self._resume_hasher(name, upload_id, DEFAULT_ALGORITHM, start)
+            if content_range is not None:
+                body = _exactly(body, content_range[1] - content_range[0] + 1)
             await _copy(body, writer, hasher)
         except BaseException:
             # Keep what reached storage (the client can ask where to resume); drop the buffer.
@@ -105,8 +107,6 @@ class Uploads:
             raise
         await writer.close()
         await self._save_state(name, upload_id, hasher, start, writer.size)
-        if content_range is not None and writer.size != content_range[1] + 1:
-            raise SizeInvalid("chunk length does not match Content-Range")
         return UploadStatus(upload_id, writer.size)
 
     async def complete(
@@ -205,6 +205,22 @@ class Uploads:
         await self.driver.delete(
             paths.upload_hashstate(name, upload_id, hasher.algorithm, old_offset)
         )
+
+
+async def _exactly(body: AsyncIterable[bytes], length: int) -> AsyncIterator[bytes]:
+    """``body``, failing with SIZE_INVALID as soon as it proves longer or shorter than ``length``.
+
+    It fails before ``_copy`` writes its last buffer, so a chunk that disagrees with its
+    Content-Range is not appended (beyond whole buffers already written, for huge chunks).
+    """
+    seen = 0
+    async for chunk in body:
+        seen += len(chunk)
+        if seen > length:
+            raise SizeInvalid(f"chunk is longer than its Content-Range ({length} bytes)")
+        yield chunk
+    if seen != length:
+        raise SizeInvalid(f"chunk is {seen} bytes, its Content-Range says {length}")
 
 
 async def _copy(body: AsyncIterable[bytes], writer: FileWriter, hasher: Hasher) -> None:
