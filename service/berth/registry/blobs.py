@@ -47,7 +47,7 @@ class BlobStore:
     def forget(self, digest: Digest) -> None:
         self._sizes.discard(digest)
 
-    async def reserve(self, digest: Digest) -> int | None:
+    async def reserve(self, digest: Digest, *, touch_absent: bool = False) -> int | None:
         """Size of the blob, read fresh (never cached), guaranteed to survive a concurrent GC.
 
         The writer half of the GC handshake (docs/gc.md): rewrite the blob's ``touch`` object,
@@ -55,7 +55,14 @@ class BlobStore:
         ``touch``, so either that GC sees this touch and keeps the blob (and its links), or we
         see its tombstone and wait until it is done. Call it before writing anything that
         refers to the blob (a link, a manifest revision); None means the blob is absent.
+
+        An absent blob is reported without writing anything, unless ``touch_absent`` (a writer
+        about to put the blob there): a request naming unknown digests (a manifest, a mount)
+        must leave no ``touch`` behind, or every failed request could create directories.
         """
+        if not touch_absent and await self._fresh_size(digest) is None:
+            self.forget(digest)
+            return None
         for attempt in range(RESERVE_ATTEMPTS):
             await self.driver.put(paths.blob_touch(digest), b"")
             names, size = await asyncio.gather(
@@ -146,6 +153,6 @@ class BlobStore:
         Reserved (not the cached ``exists``) so a GC deleting this digest right now cannot
         leave the revision link the caller writes next pointing at nothing.
         """
-        if await self.reserve(digest) is None:
+        if await self.reserve(digest, touch_absent=True) is None:
             await self.driver.put(paths.blob_data(digest), data)
             self._sizes.put(digest, len(data))

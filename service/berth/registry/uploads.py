@@ -137,7 +137,7 @@ class Uploads:
             await self.cancel(name, upload_id)
             raise
         # reserve(), not the cached exists(): the blob may have just been garbage-collected.
-        if await self.blobs.reserve(digest) is not None:
+        if await self.blobs.reserve(digest, touch_absent=True) is not None:
             await self.driver.delete(data_key)
         else:
             await self.driver.move(data_key, paths.blob_data(digest))
