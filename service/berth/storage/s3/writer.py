@@ -142,10 +142,10 @@ class S3Writer(FileWriter):
             else:
                 part = self._buffer[:part_size]
                 del self._buffer[:part_size]
-            await self._upload_part(bytes(part))
+            await self._upload_part(part)  # no bytes() copy: botocore sends a bytearray as is
             del part
 
-    async def _upload_part(self, body: bytes) -> None:
+    async def _upload_part(self, body: bytes | bytearray) -> None:
         client, bucket = self._driver.client, self._driver.bucket
         if self._state.upload_id is None:
             resp = await call(
