@@ -453,6 +453,8 @@ class S3Driver(StorageDriver):
         return writer
 
     async def redirect_url(self, key: str, expires_in: int) -> str | None:
+        if self._fast is not None:
+            return await self._fast.presign(self.full_key(key), expires_in)
         url: str = await self._signer.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self.full_key(key)},

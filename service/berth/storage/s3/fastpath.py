@@ -64,6 +64,15 @@ class FastS3:
             self._host = endpoint.hostname or self._host
         self._base_path = endpoint.path.rstrip("/") + "/" + quote(settings.bucket, safe="")
         self._region = settings.region
+        public = urlsplit(settings.public_endpoint_url or settings.endpoint_url)
+        public_host = public.netloc
+        if (public.scheme, public.port) in (("http", 80), ("https", 443)):
+            public_host = public.hostname or public_host
+        self._public = (
+            public.scheme,
+            public_host,
+            public.path.rstrip("/") + "/" + quote(settings.bucket, safe=""),
+        )
         self._credentials = credentials
         self._put_headers = {k.lower(): v for k, v in extra_put_headers.items()}
         self._max_attempts = settings.max_attempts
@@ -122,6 +131,35 @@ class FastS3:
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
             f"SignedHeaders={signed}, Signature={signature}"
         )
+
+    async def presign(self, full_key: str, expires_in: int) -> str:
+        """A SigV4 query-signed GET URL for the public endpoint (no network)."""
+        creds = await self._credentials()
+        scheme, host, base = self._public
+        path = f"{base}/{quote(full_key, safe='/~')}"
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        date = amz_date[:8]
+        scope = f"{date}/{self._region}/s3/aws4_request"
+        params = {
+            "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+            "X-Amz-Credential": f"{creds.access_key}/{scope}",
+            "X-Amz-Date": amz_date,
+            "X-Amz-Expires": str(expires_in),
+            "X-Amz-SignedHeaders": "host",
+        }
+        if creds.token:
+            params["X-Amz-Security-Token"] = creds.token
+        query = "&".join(
+            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
+        )
+        request = f"GET\n{path}\n{query}\nhost:{host}\n\nhost\n{UNSIGNED}"
+        to_sign = (
+            f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
+        )
+        signature = hmac.new(
+            self._signing_key(creds.secret_key, date), to_sign.encode(), hashlib.sha256
+        ).hexdigest()
+        return f"{scheme}://{host}{path}?{query}&X-Amz-Signature={signature}"
 
     async def request(
         self,
