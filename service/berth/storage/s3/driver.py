@@ -236,7 +236,10 @@ class S3Driver(StorageDriver):
         if delimiter:
             args["Delimiter"] = "/"
         while True:
-            page = await call(prefix, self.client.list_objects_v2(**args))
+            if self._fast is not None:
+                page = await self._fast.list_page(prefix, delimiter, args.get("ContinuationToken"))
+            else:
+                page = await call(prefix, self.client.list_objects_v2(**args))
             yield page
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
@@ -262,10 +265,13 @@ class S3Driver(StorageDriver):
         except PathNotFound:
             if _is_leaf(key):
                 raise
-            resp = await call(
-                key,
-                self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{full}/", MaxKeys=1),
-            )
+            if self._fast is not None:
+                resp = await self._fast.list_page(f"{full}/", False, max_keys=1)
+            else:
+                resp = await call(
+                    key,
+                    self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{full}/", MaxKeys=1),
+                )
             if resp.get("KeyCount", 0) or resp.get("Contents"):
                 return ObjectInfo(key, 0, 0.0, True)
             raise PathNotFound(key) from None

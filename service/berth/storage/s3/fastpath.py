@@ -22,8 +22,10 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
+from xml.etree import ElementTree
 
 import aiohttp
 from yarl import URL
@@ -108,7 +110,9 @@ class FastS3:
             cached = k
         return cached
 
-    def _sign(self, method: str, path: str, headers: dict[str, str], creds: Frozen) -> None:
+    def _sign(
+        self, method: str, path: str, query: str, headers: dict[str, str], creds: Frozen
+    ) -> None:
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         date = amz_date[:8]
         headers["host"] = self._host
@@ -119,7 +123,7 @@ class FastS3:
         names = sorted(headers)
         signed = ";".join(names)
         canonical = "".join(f"{n}:{headers[n].strip()}\n" for n in names)
-        request = f"{method}\n{path}\n\n{canonical}\n{signed}\n{UNSIGNED}"
+        request = f"{method}\n{path}\n{query}\n{canonical}\n{signed}\n{UNSIGNED}"
         scope = f"{date}/{self._region}/s3/aws4_request"
         to_sign = (
             f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
@@ -164,21 +168,30 @@ class FastS3:
     async def request(
         self,
         method: str,
-        full_key: str,
+        full_key: str | None,
         key: str,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
     ) -> Reply:
         """One request with retries; 404 raises PathNotFound, an unreachable store
-        StorageUnavailable; other statuses are returned."""
-        path = f"{self._base_path}/{quote(full_key, safe='/~')}"
-        url = URL(f"{self._scheme}://{self._host}{path}", encoded=True)
+        StorageUnavailable; other statuses are returned. ``full_key`` None: the bucket."""
+        path = self._base_path
+        if full_key is not None:
+            path = f"{path}/{quote(full_key, safe='/~')}"
+        query = "&".join(
+            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
+            for k, v in sorted((params or {}).items())
+        )
+        url = URL(
+            f"{self._scheme}://{self._host}{path}" + (f"?{query}" if query else ""), encoded=True
+        )
         last = ""
         for attempt in range(self._max_attempts):
             if attempt:
                 await asyncio.sleep(random.random() * min(20.0, 2.0**attempt))
             signed = dict(headers or {})
-            self._sign(method, path, signed, await self._credentials())
+            self._sign(method, path, query, signed, await self._credentials())
             if body is not None:
                 signed["content-length"] = str(len(body))
             try:
@@ -194,6 +207,41 @@ class FastS3:
                 last = f"{type(exc).__name__}: {exc}"
                 continue
         raise StorageUnavailable(f"object store: {last} after {self._max_attempts} attempts")
+
+    async def list_page(
+        self, prefix: str, delimiter: bool, token: str | None = None, max_keys: int = 1000
+    ) -> dict[str, Any]:
+        """One ListObjectsV2 page, shaped like botocore's answer (the fields the driver uses)."""
+        params = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys)}
+        if delimiter:
+            params["delimiter"] = "/"
+        if token:
+            params["continuation-token"] = token
+        r = await self.request("GET", None, prefix, params=params)
+        _check(r, prefix)
+        root = ElementTree.fromstring(r.body)
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        contents = [
+            {
+                "Key": c.findtext(f"{ns}Key", ""),
+                "Size": int(c.findtext(f"{ns}Size", "0")),
+                "LastModified": datetime.fromisoformat(c.findtext(f"{ns}LastModified", "")),
+            }
+            for c in root.iter(f"{ns}Contents")
+        ]
+        prefixes = [
+            {"Prefix": c.findtext(f"{ns}Prefix", "")} for c in root.iter(f"{ns}CommonPrefixes")
+        ]
+        page: dict[str, Any] = {
+            "Contents": contents,
+            "CommonPrefixes": prefixes,
+            "KeyCount": len(contents) + len(prefixes),
+            "IsTruncated": root.findtext(f"{ns}IsTruncated", "false") == "true",
+        }
+        next_token = root.findtext(f"{ns}NextContinuationToken")
+        if next_token:
+            page["NextContinuationToken"] = next_token
+        return page
 
     async def get(self, full_key: str, key: str) -> bytes:
         r = await self.request("GET", full_key, key)
