@@ -35,15 +35,21 @@ class Tags:
         await self.driver.delete(paths.tag_dir(name, tag))
 
     async def all(self, name: str) -> list[str]:
-        """Every tag of the repository, sorted; NAME_UNKNOWN if the repository does not exist."""
+        """Every tag of the repository, sorted; NAME_UNKNOWN if the repository does not exist.
+
+        A repository has manifests, layers or uploads of its own: ``a`` is not one just
+        because ``a/b`` is.
+        """
         try:
             return await self.driver.list(paths.tags(name))
         except PathNotFound:
             pass
         try:
-            await self.driver.list(paths.repository(name))
+            children = await self.driver.list(paths.repository(name))
         except PathNotFound:
-            raise NameUnknown(f"repository name not known to registry: {name}") from None
+            children = []
+        if not {"_manifests", "_layers", "_uploads"} & set(children):
+            raise NameUnknown(f"repository name not known to registry: {name}")
         return []
 
     async def pointing_at(self, name: str, digest: Digest) -> list[str]:
