@@ -8,6 +8,7 @@ itself are left out of the comparison).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -1034,3 +1035,40 @@ async def test_referrers_of_manifest_with_unpaired_surrogates(env: Env) -> None:
     [referrer] = r.json()["manifests"]
     assert referrer["annotations"] == {"note": "\ud800"}
     assert referrer["artifactType"] == "a/\udfff"
+
+
+async def test_tags_of_a_namespace_is_name_unknown(env: Env) -> None:
+    """``hostile`` is only a path prefix of ``hostile/app``, not a repository (the catalog
+    agrees)."""
+    for name in ("hostile", "nothing/here"):
+        await env.expect("GET", f"/v2/{name}/tags/list", 404, "NAME_UNKNOWN")
+    await push_blob(env.client, f"{REPO}-blobs-only", b"a blob, no manifest yet")
+    r = await env.expect("GET", f"/v2/{REPO}-blobs-only/tags/list", 200, None)
+    assert r.json()["tags"] == []
+    r = await env.expect("GET", "/v2/_catalog", 200, None)
+    assert r.json()["repositories"] == [REPO]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: concurrent PATCHes with the same Content-Range both append (no session lock)",
+)
+async def test_concurrent_chunks_for_the_same_range(env: Env) -> None:
+    """Two clients (or a retrying one) send the chunk for the same range at once: one must be
+    refused (416), or the session holds both chunks while each was told it holds one."""
+    location = await env.session()
+    n = 2 * 1024 * 1024
+
+    async def body(fill: bytes) -> AsyncIterator[bytes]:
+        for _ in range(4):
+            await asyncio.sleep(0.01)
+            yield fill * (n // 4)
+
+    responses = await asyncio.gather(
+        *(
+            env.client.patch(location, content=body(f), headers={"Content-Range": f"0-{n - 1}"})
+            for f in (b"a", b"b")
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [202, 416]
+    assert await env.offset(location) == f"0-{n - 1}"

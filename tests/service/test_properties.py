@@ -9,17 +9,22 @@ repository name must map to a storage path strictly below the storage root.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from berth.api.blobs import parse_range
+from berth.app import create_app
+from berth.config import Settings
 from berth.registry.digest import Digest
 from berth.registry.errors import (
     BlobUploadUnknown,
@@ -172,6 +177,60 @@ def test_accepted_names_never_escape_storage_root(driver: FilesystemDriver, text
         resolved = driver._path(key).resolve()
         assert resolved.is_relative_to(repositories), (name, resolved)
         assert resolved != repositories
+
+
+@pytest.fixture(scope="module")
+def app_client() -> Iterator[tuple[asyncio.AbstractEventLoop, httpx.AsyncClient, Path]]:
+    """One app on one event loop for a whole hypothesis run (sync test, async client)."""
+    loop = asyncio.new_event_loop()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "registry"
+        settings = Settings(
+            storage={"filesystem": {"root": root}}, observability={"access_log": False}
+        )
+        transport = httpx.ASGITransport(app=create_app(settings))
+        client = httpx.AsyncClient(transport=transport, base_url="http://registry")
+        try:
+            yield loop, client, root
+        finally:
+            loop.run_until_complete(client.aclose())
+            loop.close()
+
+
+BLOB = b"property blob"
+BLOB_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(names, any_text, mutated(names)))
+@example("../../../../tmp/x")
+@example("a/../../b")
+@example("a/./b")
+@example("a\\..\\b")
+def test_names_through_http_never_escape_storage_root(
+    app_client: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient, Path], text: str
+) -> None:
+    """Any text as the name of a monolithic upload, percent-encoded (dots too, so that the
+    client cannot normalise ``..`` away): the app answers 201 only for spec-valid names, never
+    500, and every file it writes lies under ``docker/registry/v2/repositories/<name>/`` or
+    the global blob store."""
+    loop, client, root = app_client
+    path = quote(text.encode("utf-8", "surrogatepass"), safe="/").replace(".", "%2E")
+    r = loop.run_until_complete(
+        client.post(f"/v2/{path}/blobs/uploads/", params={"digest": BLOB_DIGEST}, content=BLOB)
+    )
+    if r.status_code == 201:
+        assert _spec_name(text), f"stored under a name outside the grammar: {text!r}"
+        link = root / paths.layer_link(text, Digest.parse(BLOB_DIGEST))
+        assert link.resolve().is_relative_to((root / paths.REPOSITORIES).resolve())
+        assert link.is_file()
+    else:
+        assert r.status_code in (400, 404, 405), (text, r.status_code, r.text)
+        assert r.json()["errors"][0]["code"] in ("NAME_INVALID", "NOT_FOUND", "UNSUPPORTED")
+    v2 = (root / paths.ROOT).resolve()
+    for file in root.rglob("*"):
+        if not file.is_dir():
+            assert file.resolve().is_relative_to(v2), file
 
 
 # --- tags and references -------------------------------------------------------------------
