@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ..storage import paths
-from ..storage.driver import FileWriter, PathNotFound, StorageDriver
+from ..storage.driver import FileWriter, PathNotFound, StorageDriver, WriterBusy
 from .blobs import BlobStore
 from .digest import Digest, Hasher, new_hasher, restore_hasher
 from .errors import (
@@ -67,10 +67,32 @@ class Uploads:
 
     async def status(self, name: str, upload_id: str) -> UploadStatus:
         await self._require(name, upload_id)
-        writer = await self.driver.writer(paths.upload_data(name, upload_id), append=True)
+        try:
+            writer = await self.driver.writer(paths.upload_data(name, upload_id), append=True)
+        except WriterBusy:
+            # A chunk is being written right now: report what has reached storage so far.
+            return UploadStatus(upload_id, await self._stored_size(name, upload_id))
         offset = writer.size
         await writer.close()
         return UploadStatus(upload_id, offset)
+
+    async def _stored_size(self, name: str, upload_id: str) -> int:
+        try:
+            return (await self.driver.stat(paths.upload_data(name, upload_id))).size
+        except PathNotFound:
+            return 0
+
+    async def _open(self, name: str, upload_id: str) -> FileWriter:
+        """The session's data, exclusively: a concurrent chunk for the same session is refused."""
+        try:
+            return await self.driver.writer(paths.upload_data(name, upload_id), append=True)
+        except WriterBusy:
+            offset = await self._stored_size(name, upload_id)
+            raise RangeInvalid(
+                "another chunk of this upload is being written; ask for the upload's status "
+                "and resume from its Range",
+                headers=_range_headers(offset),
+            ) from None
 
     async def append(
         self,
@@ -88,7 +110,7 @@ class Uploads:
             and content_range[1] - content_range[0] + 1 != content_length
         ):
             raise SizeInvalid("Content-Length does not match Content-Range")
-        writer = await self.driver.writer(paths.upload_data(name, upload_id), append=True)
+        writer = await self._open(name, upload_id)
         try:
             start = writer.size
             if content_range is not None and content_range[0] != start:
@@ -124,7 +146,7 @@ class Uploads:
         else:
             await self._require(name, upload_id)
         data_key = paths.upload_data(name, upload_id)
-        writer = await self.driver.writer(data_key, append=True)
+        writer = await self._open(name, upload_id)
         size = writer.size
         try:
             hasher = await self._resume_hasher(name, upload_id, digest.algorithm, size)
@@ -151,8 +173,11 @@ class Uploads:
 
     async def cancel(self, name: str, upload_id: str) -> None:
         await self._require(name, upload_id)
-        writer = await self.driver.writer(paths.upload_data(name, upload_id), append=True)
-        await writer.cancel()
+        try:
+            writer = await self.driver.writer(paths.upload_data(name, upload_id), append=True)
+            await writer.cancel()
+        except WriterBusy:
+            pass  # a chunk in flight loses its session; deleting the directory is enough
         await self.driver.delete(paths.upload_dir(name, upload_id))
 
     async def monolithic(self, name: str, digest: Digest, body: AsyncIterable[bytes]) -> int:

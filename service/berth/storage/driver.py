@@ -19,6 +19,10 @@ class PathNotFound(Exception):
         self.key = key
 
 
+class WriterBusy(Exception):
+    """Another writer (in this process or another replica) holds the object open for append."""
+
+
 class StorageUnavailable(Exception):
     """The backing store could not be reached (after the driver's own retries)."""
 
@@ -90,7 +94,11 @@ class StorageDriver(ABC):
 
     @abstractmethod
     async def writer(self, key: str, append: bool = False) -> FileWriter:
-        """Start (or, with ``append``, continue) an object written in pieces."""
+        """Start (or, with ``append``, continue) an object written in pieces.
+
+        An appending writer is exclusive where the store can enforce it: a second one raises
+        ``WriterBusy`` until the first is closed, so two chunks can never interleave.
+        """
 
     async def redirect_url(self, key: str, expires_in: int) -> str | None:
         """A URL a client can GET the object from directly, or None to stream it ourselves."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import shutil
 import stat
@@ -20,7 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .driver import FileWriter, ObjectInfo, PathNotFound, StorageDriver
+from .driver import FileWriter, ObjectInfo, PathNotFound, StorageDriver, WriterBusy
 
 READ_CHUNK = 1024 * 1024
 # Reads up to this size are served inline (page-cache hits cost less than a thread hop).
@@ -149,7 +150,16 @@ class FilesystemDriver(StorageDriver):
         path = self._path(key)
 
         def _open() -> _FilesystemWriter:
-            return _FilesystemWriter(path, _retry_missing_parent(path, "ab" if append else "wb"))
+            handle = _retry_missing_parent(path, "ab" if append else "wb")
+            if append:
+                # flock is per open file, so it excludes writers in this process and in every
+                # other process on the host sharing the directory.
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    raise WriterBusy(key) from None
+            return _FilesystemWriter(path, handle)
 
         return await asyncio.to_thread(_open)
 
