@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -40,6 +41,21 @@ def _is_leaf(key: str) -> bool:
     """Whether ``key`` names an object (never a directory) in the registry layout."""
     name = key.rsplit("/", 1)[-1]
     return name in _LEAF_NAMES or name.isdigit()  # digits: upload hash states
+
+
+def _tune_malloc() -> None:
+    """Return part-sized buffers to the OS when they are freed.
+
+    glibc raises its mmap threshold after large frees (up to 32 MiB), after which multi-MiB
+    part buffers come from (fragmenting) heap arenas, one per thread that ever allocated, and
+    RSS only grows. A fixed 256 KiB threshold and two arenas keep it bounded.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 class S3Driver(StorageDriver):
@@ -102,6 +118,7 @@ class S3Driver(StorageDriver):
     async def start(self) -> None:
         if self._client is not None:
             return
+        _tune_malloc()
         session = self._session or get_session()
         if self.settings.profile:
             session.set_config_variable("profile", self.settings.profile)
