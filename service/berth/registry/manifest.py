@@ -140,9 +140,14 @@ def detect_media_type(body: dict[str, Any], content_type: str | None) -> str:
     return shape
 
 
+def _not_json(constant: str) -> Any:
+    """Python's json accepts NaN and Infinity; JSON (and every Go client) does not."""
+    raise ValueError(f"{constant} is not JSON")
+
+
 def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_json)
     except (ValueError, RecursionError):
         raise _fail("manifest is not valid JSON") from None
     if not isinstance(body, dict):
