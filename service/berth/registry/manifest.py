@@ -66,6 +66,10 @@ class Manifest:
         return self.config.media_type if self.config else None
 
 
+# Descriptor sizes are int64 in the OCI spec (and in every Go client).
+MAX_SIZE = 2**63 - 1
+
+
 def _fail(message: str) -> ManifestInvalid:
     return ManifestInvalid(message)
 
@@ -101,7 +105,7 @@ def parse_descriptor(obj: Any, where: str) -> Descriptor:
     except DigestInvalid:
         raise _fail(f"{where} has an invalid digest") from None
     size = obj.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
         raise _fail(f"{where} has an invalid size")
     platform = obj.get("platform")
     if platform is not None and not isinstance(platform, dict):
