@@ -163,7 +163,8 @@ def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:
         raise _fail("Docker schema 1 manifests are not supported")
     if media_type not in mt.MANIFESTS:
         raise _fail(f"unsupported manifest media type {media_type!r}")
-    if body.get("schemaVersion") != 2:
+    version = body.get("schemaVersion")
+    if type(version) is not int or version != 2:  # 2.0 == 2 in Python, not to Go clients
         raise _fail("schemaVersion must be 2")
 
     subject = None
