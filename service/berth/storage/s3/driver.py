@@ -222,6 +222,11 @@ class S3Driver(StorageDriver):
             if len(batch) == 1:
                 await self._delete_one(batch[0], batch[0])
                 continue
+            if self._fast is not None:
+                codes = [c for c in await self._fast.delete_many(batch) if c != "NoSuchKey"]
+                if codes:
+                    raise StorageUnavailable(f"delete failed: {codes[0]}")
+                continue
             resp = await call(
                 batch[0],
                 self.client.delete_objects(
@@ -403,6 +408,16 @@ class S3Driver(StorageDriver):
 
     async def move(self, src: str, dst: str) -> None:
         src_full, dst_full = self.full_key(src), self.full_key(dst)
+        if self._fast is not None:
+            reply = await self._fast.copy(src_full, dst_full, src)
+            if reply.status == 400 and (
+                b"InvalidRequest" in reply.body or b"EntityTooLarge" in reply.body
+            ):
+                await self._multipart_copy(src, src_full, dst_full)
+            elif reply.status != 200:
+                raise StorageUnavailable(f"object store: copy of {src}: HTTP {reply.status}")
+            await self._delete_one(src_full, src)
+            return
         try:
             await self.client.copy_object(
                 Bucket=self.bucket,

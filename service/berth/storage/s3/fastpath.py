@@ -14,6 +14,7 @@ Only path-style addressing against a configured endpoint uses it (``storage.s3.f
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import os
@@ -26,6 +27,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
+from xml.sax.saxutils import escape
 
 import aiohttp
 from yarl import URL
@@ -66,6 +68,7 @@ class FastS3:
             self._host = endpoint.hostname or self._host
         self._base_path = endpoint.path.rstrip("/") + "/" + quote(settings.bucket, safe="")
         self._region = settings.region
+        self._bucket = settings.bucket
         public = urlsplit(settings.public_endpoint_url or settings.endpoint_url)
         public_host = public.netloc
         if (public.scheme, public.port) in (("http", 80), ("https", 443)):
@@ -242,6 +245,32 @@ class FastS3:
         if next_token:
             page["NextContinuationToken"] = next_token
         return page
+
+    async def copy(self, src_full: str, dst_full: str, key: str) -> Reply:
+        """CopyObject; the reply is returned for the caller to inspect (>5 GiB: 400)."""
+        source = f"/{self._bucket}/{quote(src_full, safe='/~')}"
+        headers = {"x-amz-copy-source": source, **self._put_headers}
+        r = await self.request("PUT", dst_full, key, b"", headers)
+        if r.status == 200 and b"<Error>" in r.body:  # S3 may fail a copy after the 200
+            raise StorageUnavailable(f"object store: copy of {key} failed")
+        return r
+
+    async def delete_many(self, full_keys: list[str]) -> list[str]:
+        """DeleteObjects (at most 1000, in order); the error codes of the keys that failed."""
+        body = (
+            "<Delete><Quiet>true</Quiet>"
+            + "".join(f"<Object><Key>{escape(k)}</Key></Object>" for k in full_keys)
+            + "</Delete>"
+        ).encode()
+        headers = {
+            "content-type": "application/xml",
+            "content-md5": base64.b64encode(hashlib.md5(body).digest()).decode(),
+        }
+        r = await self.request("POST", None, full_keys[0], body, headers, {"delete": ""})
+        _check(r, full_keys[0])
+        root = ElementTree.fromstring(r.body)
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        return [e.findtext(f"{ns}Code", "") for e in root.iter(f"{ns}Error")]
 
     async def get(self, full_key: str, key: str) -> bytes:
         r = await self.request("GET", full_key, key)
