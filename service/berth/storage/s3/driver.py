@@ -378,7 +378,11 @@ class S3Driver(StorageDriver):
         async def itself() -> None:
             await self._delete_one(full, key)
 
-        children, _ = await asyncio.gather(below(), itself())
+        children = await below()
+        if not children:
+            # Not a directory (or an empty one): maybe an object of that name. A directory's
+            # key is never an object in the registry layout, so this request is skipped there.
+            await itself()
         for state_key in [k for k in children if k.endswith(STATE_SUFFIX)]:
             with contextlib.suppress(PathNotFound, ValueError, KeyError):
                 state, _ = WriterState.from_bytes(await self.get_full(state_key))
