@@ -69,7 +69,7 @@ async def start_upload(request: Request) -> Response:
             return _created(request, name, digest)
     elif "digest" in params:
         digest = _digest_param(request)
-        await reg.uploads.monolithic(name, digest, request.stream())
+        await reg.uploads.monolithic(name, digest, request.stream(), content_length(request))
         return _created(request, name, digest)
     status = await reg.uploads.start(name)
     return _session_response(request, name, status, 202)

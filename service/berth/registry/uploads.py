@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
@@ -31,6 +32,9 @@ from .errors import (
 # Bytes gathered before one write+hash step: large enough to amortise the thread hop,
 # small enough that memory per upload stays bounded.
 BUFFER_SIZE = 1024 * 1024
+# A blob whose declared length fits in one buffer is verified in memory and stored with one
+# atomic put: most layers of real images and every config are this small.
+SMALL_BLOB = BUFFER_SIZE
 DEFAULT_ALGORITHM = "sha256"
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -141,6 +145,12 @@ class Uploads:
         content_length: int | None = None,
     ) -> int:
         """Finish an upload: verify the digest, commit the blob, link it. Returns its size."""
+        if body is not None and content_range is None and _small(content_length):
+            data = await _read_exactly(body, content_length or 0)
+            size = await self._complete_small(name, upload_id, digest, data)
+            if size is not None:
+                return size
+            body = _once(data)
         if body is not None:
             await self.append(name, upload_id, body, content_range, content_length)
         else:
@@ -180,8 +190,44 @@ class Uploads:
             pass  # a chunk in flight loses its session; deleting the directory is enough
         await self.driver.delete(paths.upload_dir(name, upload_id))
 
-    async def monolithic(self, name: str, digest: Digest, body: AsyncIterable[bytes]) -> int:
-        """POST ?digest=: the whole blob in one request."""
+    async def _complete_small(
+        self, name: str, upload_id: str, digest: Digest, data: bytes
+    ) -> int | None:
+        """The whole blob arrived with the final PUT and fits in one buffer: verify it in memory
+        and store it with one atomic put, skipping the session's data, hash state and the move.
+        None when the session already holds chunks (the caller takes the streaming path)."""
+        await self._require(name, upload_id)
+        writer = await self._open(name, upload_id)
+        if writer.size:
+            await writer.close()
+            return None
+        await writer.cancel()
+        try:
+            return await self._put_small(name, digest, data)
+        finally:
+            await self.driver.delete(paths.upload_dir(name, upload_id))
+
+    async def _put_small(self, name: str, digest: Digest, data: bytes) -> int:
+        actual = await asyncio.to_thread(lambda: hashlib.new(digest.algorithm, data).hexdigest())
+        if actual != digest.hex:
+            raise DigestInvalid(f"content does not match digest {digest}")
+        # put_content reserves the digest (the GC handshake) before writing, like a manifest.
+        await self.blobs.put_content(digest, data)
+        await self.blobs.link(name, digest)
+        return len(data)
+
+    async def monolithic(
+        self,
+        name: str,
+        digest: Digest,
+        body: AsyncIterable[bytes],
+        content_length: int | None = None,
+    ) -> int:
+        """POST ?digest=: the whole blob in one request (a small one needs no session at all)."""
+        if _small(content_length):
+            return await self._put_small(
+                name, digest, await _read_exactly(body, content_length or 0)
+            )
         status = await self.start(name)
         try:
             return await self.complete(name, status.upload_id, digest, body)
@@ -260,6 +306,26 @@ async def _copy(body: AsyncIterable[bytes], writer: FileWriter, hasher: Hasher) 
     if buffer:
         data = bytes(buffer)
         await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+
+
+def _small(content_length: int | None) -> bool:
+    return content_length is not None and content_length <= SMALL_BLOB
+
+
+async def _read_exactly(body: AsyncIterable[bytes], length: int) -> bytes:
+    """The whole body, which must be exactly ``length`` bytes (bounded: at most one buffer)."""
+    data = bytearray()
+    async for chunk in body:
+        data += chunk
+        if len(data) > length:
+            raise SizeInvalid("body is longer than Content-Length")
+    if len(data) != length:
+        raise SizeInvalid("body is shorter than Content-Length")
+    return bytes(data)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def _range_headers(offset: int) -> dict[str, str]:
