@@ -446,3 +446,29 @@ async def test_registry_answers_503_with_retry_after(
         proxy.clear()
         r = await c.get("/v2/some/repo/manifests/latest")
         assert r.status_code == 404
+
+
+async def test_s3_concurrent_writers_on_one_session_conflict(seaweed_driver: Any) -> None:
+    """Two replicas appending to one upload at once: the second close is refused (WriterBusy)
+    instead of forking the upload (conditional PUT of the writer state; SeaweedFS enforces it)."""
+    from berth.storage.driver import WriterBusy
+
+    key = "r/_uploads/race/data"
+    a = await seaweed_driver.writer(key, append=True)
+    b = await seaweed_driver.writer(key, append=True)
+    await a.write(b"a" * 100)
+    await b.write(b"b" * 100)
+    await a.close()
+    with pytest.raises(WriterBusy):
+        await b.close()
+    a = await seaweed_driver.writer(key, append=True)
+    b = await seaweed_driver.writer(key, append=True)
+    await a.write(b"1")
+    await b.write(b"2")
+    await b.close()
+    with pytest.raises(WriterBusy):
+        await a.close()
+    w = await seaweed_driver.writer(key, append=True)
+    assert w.size == 101
+    await w.commit()
+    assert await seaweed_driver.get(key) == b"a" * 100 + b"2"

@@ -22,7 +22,14 @@ from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ...config import S3Settings
-from ..driver import FileWriter, ObjectInfo, PathNotFound, StorageDriver, StorageUnavailable
+from ..driver import (
+    FileWriter,
+    ObjectInfo,
+    PathNotFound,
+    StorageDriver,
+    StorageUnavailable,
+    WriterBusy,
+)
 from .errors import call, error_code, http_status, is_not_found, translate
 from .fastpath import FastS3, Frozen
 from .writer import STATE_SUFFIX, S3Writer, WriterState, is_internal
@@ -201,20 +208,51 @@ class S3Driver(StorageDriver):
                 raise translate(exc, key or full) from exc
         return data
 
-    async def put_full(self, full: str, data: bytes, key: str | None = None) -> None:
+    async def put_full(
+        self,
+        full: str,
+        data: bytes,
+        key: str | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """PutObject; with a condition, a concurrent change raises WriterBusy. Returns the ETag."""
+        condition: dict[str, str] = {}
+        if if_match:
+            condition["If-Match"] = if_match
+        elif if_none_match:
+            condition["If-None-Match"] = "*"
         if self._fast is not None:
-            await self._fast.put(full, key or full, data)
-            return
-        await call(
-            key or full,
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=full,
-                Body=data,
-                ContentLength=len(data),
-                **self.object_args,
-            ),
-        )
+            return await self._fast.put(full, key or full, data, condition)
+        args = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"} if if_none_match else {}
+        try:
+            resp = await call(
+                key or full,
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=full,
+                    Body=data,
+                    ContentLength=len(data),
+                    **self.object_args,
+                    **args,
+                ),
+            )
+        except ClientError as exc:
+            if http_status(exc) == 412 or error_code(exc) == "PreconditionFailed":
+                raise WriterBusy(key or full) from exc
+            raise
+        return str(resp.get("ETag", ""))
+
+    async def get_etag(self, full: str, key: str) -> tuple[bytes, str]:
+        if self._fast is not None:
+            return await self._fast.get_etag(full, key)
+        resp = await call(key, self.client.get_object(Bucket=self.bucket, Key=full))
+        async with resp["Body"] as body:
+            try:
+                data: bytes = await body.read()
+            except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
+                raise translate(exc, key) from exc
+        return data, str(resp.get("ETag", ""))
 
     async def delete_full(self, keys: Keys) -> None:
         for i in range(0, len(keys), 1000):
@@ -482,13 +520,13 @@ class S3Driver(StorageDriver):
         full = self.full_key(key)
         state_key = full + STATE_SUFFIX
         try:
-            raw = await self.get_full(state_key, key)
+            raw, etag = await self.get_etag(state_key, key)
         except PathNotFound:
-            raw = None
+            raw, etag = None, ""
         if raw is None:
             return S3Writer(self, key, WriterState(part_size=self.settings.part_size), False)
         state, inline = WriterState.from_bytes(raw)
-        writer = S3Writer(self, key, state, True, inline)
+        writer = S3Writer(self, key, state, True, inline, etag)
         if not append:
             await writer.cancel()
             return S3Writer(self, key, WriterState(part_size=self.settings.part_size), False)

@@ -33,7 +33,7 @@ import aiohttp
 from yarl import URL
 
 from ...config import S3Settings
-from ..driver import PathNotFound, StorageUnavailable
+from ..driver import PathNotFound, StorageUnavailable, WriterBusy
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
@@ -193,7 +193,7 @@ class FastS3:
         for attempt in range(self._max_attempts):
             if attempt:
                 await asyncio.sleep(random.random() * min(20.0, 2.0**attempt))
-            signed = dict(headers or {})
+            signed = {k.lower(): v for k, v in (headers or {}).items()}
             self._sign(method, path, query, signed, await self._credentials())
             if body is not None:
                 signed["content-length"] = str(len(body))
@@ -277,14 +277,27 @@ class FastS3:
         _check(r, key)
         return r.body
 
+    async def get_etag(self, full_key: str, key: str) -> tuple[bytes, str]:
+        r = await self.request("GET", full_key, key)
+        _check(r, key)
+        return r.body, str(r.headers.get("ETag", ""))
+
     async def head(self, full_key: str, key: str) -> Reply:
         r = await self.request("HEAD", full_key, key)
         _check(r, key)
         return r
 
-    async def put(self, full_key: str, key: str, data: bytes) -> None:
+    async def put(
+        self, full_key: str, key: str, data: bytes, condition: dict[str, str] | None = None
+    ) -> str:
+        """PutObject; ``condition``: If-Match / If-None-Match (412 raises WriterBusy)."""
         headers = {"content-type": "application/octet-stream", **self._put_headers}
-        _check(await self.request("PUT", full_key, key, data, headers), key)
+        headers.update(condition or {})
+        r = await self.request("PUT", full_key, key, data, headers)
+        if r.status == 412:
+            raise WriterBusy(key)
+        _check(r, key)
+        return str(r.headers.get("ETag", ""))
 
     async def delete(self, full_key: str, key: str) -> None:
         _check(await self.request("DELETE", full_key, key), key)

@@ -138,12 +138,14 @@ class S3Writer(FileWriter):
         state: WriterState,
         persisted: bool,
         inline_tail: bytes | None = None,
+        etag: str = "",
     ) -> None:
         self._driver = driver
         self._key = key  # driver-relative
         self._bucket_key = driver.full_key(key)
         self._state = state
         self._persisted = persisted  # a state object exists in the bucket
+        self._etag = etag  # of that state object: the next close must replace exactly it
         self._old_tail: str | None = state.tail_key  # the tail object the stored state names
         self._buffer = bytearray(inline_tail or b"")
         self._tail_loaded = state.tail_size == 0 or inline_tail is not None
@@ -219,7 +221,14 @@ class S3Writer(FileWriter):
         elif self._buffer:
             inline = bytes(self._buffer)
         state.tail_key, state.tail_size = new_tail, len(self._buffer)
-        await self._driver.put_full(self._state_key, state.to_bytes(inline))
+        # Conditional: another writer that closed meanwhile (another replica appending to the
+        # same session) makes this fail with WriterBusy instead of silently forking the upload.
+        self._etag = await self._driver.put_full(
+            self._state_key,
+            state.to_bytes(inline),
+            if_match=self._etag if self._persisted and self._etag else None,
+            if_none_match=not self._persisted,
+        )
         self._persisted = True
         old, self._old_tail = self._old_tail, new_tail
         if old and old != new_tail:
