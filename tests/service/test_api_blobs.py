@@ -290,3 +290,33 @@ async def test_upload_survives_lost_hash_state(
     await client.patch(location, content=data[100_000:])
     r = await client.put(location, params={"digest": sha256(data)})
     assert r.status_code == 201
+
+
+async def test_small_blob_needs_no_session_storage(
+    client: httpx.AsyncClient, storage_root: Path
+) -> None:
+    """A whole small blob (POST ?digest=, or POST then PUT with the body) is stored directly."""
+    digest = await push_blob(client, "app", b"small config")
+    location = (await client.post("/v2/app/blobs/uploads/")).headers["Location"]
+    r = await client.put(location, params={"digest": sha256(b"tiny layer")}, content=b"tiny layer")
+    assert r.status_code == 201
+    for d, data in ((digest, b"small config"), (sha256(b"tiny layer"), b"tiny layer")):
+        assert blob_path(storage_root, d).read_bytes() == data
+    uploads = storage_root / "docker/registry/v2/repositories/app/_uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
+
+
+async def test_final_put_after_chunks_appends_to_the_session(client: httpx.AsyncClient) -> None:
+    """A small final PUT body after PATCHed chunks is the last chunk, not the whole blob."""
+    data = os.urandom(40_000)
+    location = (await client.post("/v2/app/blobs/uploads/")).headers["Location"]
+    await client.patch(location, content=data[:30_000])
+    r = await client.put(location, params={"digest": sha256(data)}, content=data[30_000:])
+    assert r.status_code == 201, r.text
+    assert (await client.get(f"/v2/app/blobs/{sha256(data)}")).content == data
+    # The final chunk alone matching the digest is not enough: the session held more.
+    location = (await client.post("/v2/app/blobs/uploads/")).headers["Location"]
+    await client.patch(location, content=b"leading bytes")
+    r = await client.put(location, params={"digest": sha256(b"tail")}, content=b"tail")
+    assert r.status_code == 400
+    assert error_code(r) == "DIGEST_INVALID"
