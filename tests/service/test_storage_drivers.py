@@ -472,3 +472,41 @@ async def test_s3_concurrent_writers_on_one_session_conflict(seaweed_driver: Any
     assert w.size == 101
     await w.commit()
     assert await seaweed_driver.get(key) == b"a" * 100 + b"2"
+
+
+# -- the registry's upload protocol over every driver ---------------------------------------------
+
+
+async def _chunks(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+async def test_chunked_upload_across_replicas(driver: StorageDriver, algorithm: str) -> None:
+    """Chunks through two registry instances (replicas), completed with either digest
+    algorithm: sha512 has no saved hash state, so its digest is computed after the commit."""
+    import hashlib
+
+    from berth.config import Settings
+    from berth.registry.digest import Digest
+    from berth.registry.registry import Registry
+    from berth.storage import paths
+
+    other = await _reopen(driver)
+    first, second = Registry(driver, Settings()), Registry(other, Settings())
+    data = os.urandom(9 * 1024 * 1024 + 123)
+    digest = Digest(algorithm, hashlib.new(algorithm, data).hexdigest())
+    try:
+        session = await first.uploads.start("repo")
+        split = 3 * 1024 * 1024 + 7
+        await first.uploads.append("repo", session.upload_id, _chunks(data[:split]), (0, split - 1))
+        await second.uploads.append(
+            "repo", session.upload_id, _chunks(data[split:]), (split, len(data) - 1)
+        )
+        assert await first.uploads.complete("repo", session.upload_id, digest) == len(data)
+        assert await _read(driver, paths.blob_data(digest)) == data
+        assert await second.blobs.size_in("repo", digest) == len(data)
+    finally:
+        if other is not driver:
+            await other.close()

@@ -91,12 +91,15 @@ class Uploads:
         try:
             return await self.driver.writer(paths.upload_data(name, upload_id), append=True)
         except WriterBusy:
-            offset = await self._stored_size(name, upload_id)
-            raise RangeInvalid(
-                "another chunk of this upload is being written; ask for the upload's status "
-                "and resume from its Range",
-                headers=_range_headers(offset),
-            ) from None
+            raise await self._busy(name, upload_id) from None
+
+    async def _busy(self, name: str, upload_id: str) -> RangeInvalid:
+        offset = await self._stored_size(name, upload_id)
+        return RangeInvalid(
+            "another chunk of this upload is being written; ask for the upload's status "
+            "and resume from its Range",
+            headers=_range_headers(offset),
+        )
 
     async def append(
         self,
@@ -126,12 +129,17 @@ class Uploads:
             if content_range is not None:
                 body = _exactly(body, content_range[1] - content_range[0] + 1)
             await _copy(body, writer, hasher)
-        except BaseException:
+        except BaseException as exc:
             # Keep what reached storage (the client can ask where to resume); drop the buffer.
             with contextlib.suppress(Exception):
                 await writer.close()
+            if isinstance(exc, WriterBusy):  # a store that detects the conflict mid-write
+                raise await self._busy(name, upload_id) from None
             raise
-        await writer.close()
+        try:
+            await writer.close()
+        except WriterBusy:
+            raise await self._busy(name, upload_id) from None
         await self._save_state(name, upload_id, hasher, start, writer.size)
         return UploadStatus(upload_id, writer.size)
 
@@ -159,10 +167,16 @@ class Uploads:
         writer = await self._open(name, upload_id)
         size = writer.size
         try:
-            hasher = await self._resume_hasher(name, upload_id, digest.algorithm, size)
+            hasher = await self._saved_hasher(name, upload_id, digest.algorithm, size)
+            if hasher is None:
+                # No saved state at this offset (another algorithm, or a crash mid-chunk): commit
+                # first, because an object store can only read the bytes back once committed.
+                await writer.commit()
+                hasher = await self._resume_hasher(name, upload_id, digest.algorithm, size)
+            else:
+                await writer.commit()
             if hasher.hexdigest() != digest.hex:
                 raise DigestInvalid(f"content does not match digest {digest}")
-            await writer.commit()
         except BaseException:
             with contextlib.suppress(Exception):
                 await writer.cancel()
@@ -172,11 +186,25 @@ class Uploads:
         if await self.blobs.reserve(digest, touch_absent=True) is not None:
             await self.driver.delete(data_key)
         else:
-            await self.driver.move(data_key, paths.blob_data(digest))
+            try:
+                await self.driver.move(data_key, paths.blob_data(digest))
+            except WriterBusy:
+                await self.driver.delete(paths.upload_dir(name, upload_id))
+                raise BlobUploadInvalid(
+                    "a chunk for this upload arrived while it was being completed"
+                ) from None
             self.blobs.forget(digest)
-            if await self.blobs.reserve(digest) is None:  # a GC removed it right after the move
+            moved = await self.blobs.reserve(digest)
+            if moved is None:  # a GC removed it right after the move
                 await self.driver.delete(paths.upload_dir(name, upload_id))
                 raise BlobUploadInvalid("the blob was garbage-collected during the upload; retry")
+            if moved != size:
+                # A concurrent chunk slipped in between the commit and the move: the content
+                # no longer matches the verified digest, so it must not stay under it.
+                await self.driver.delete(paths.blob_dir(digest))
+                self.blobs.forget(digest)
+                await self.driver.delete(paths.upload_dir(name, upload_id))
+                raise BlobUploadInvalid("a chunk for this upload arrived while it was completing")
         await self.blobs.link(name, digest)
         await self.driver.delete(paths.upload_dir(name, upload_id))
         return size
@@ -235,6 +263,16 @@ class Uploads:
             with contextlib.suppress(Exception):
                 await self.cancel(name, status.upload_id)
             raise
+
+    async def _saved_hasher(
+        self, name: str, upload_id: str, algorithm: str, offset: int
+    ) -> Hasher | None:
+        """The hasher saved at exactly ``offset``, without reading any data; else None."""
+        key = paths.upload_hashstate(name, upload_id, algorithm, offset)
+        try:
+            return restore_hasher(algorithm, await self.driver.get(key))
+        except PathNotFound:
+            return None if offset else new_hasher(algorithm)
 
     async def _resume_hasher(
         self, name: str, upload_id: str, algorithm: str, offset: int

@@ -17,7 +17,7 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -138,7 +138,8 @@ class FilesystemDriver(StorageDriver):
                     raise PathNotFound(src)
                 try:
                     dst_path.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(src_path, dst_path)
+                    with _exclusive(src_path):
+                        os.replace(src_path, dst_path)
                     return
                 except FileNotFoundError:
                     if attempt == 2:
@@ -195,6 +196,21 @@ class _FilesystemWriter(FileWriter):
                 self._path.unlink()
 
         await asyncio.to_thread(_cancel)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold the appenders' lock on a file (directories need none) while it is renamed, so no
+    appending writer can still be adding bytes to what becomes the destination."""
+    if path.is_dir():
+        yield
+        return
+    with path.open("rb") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WriterBusy(str(path)) from None
+        yield
 
 
 def _retry_missing_parent(path: Path, mode: str) -> BinaryIO:
