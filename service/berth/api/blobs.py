@@ -7,7 +7,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from ..registry.digest import Digest
 from ..registry.errors import BlobUnknown, RangeInvalid
-from .common import RouteTable, registry
+from .common import RouteTable, repository
 
 routes = RouteTable()
 
@@ -42,10 +42,8 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 @routes.route("/v2/{name:path}/blobs/{digest}", ["GET", "HEAD"])
 async def get_blob(request: Request) -> Response:
-    name, digest = request.path_params["name"], request.path_params["digest"]
-    reg = registry(request)
-    reg.name(name)
-    d = Digest.parse(digest)
+    reg, name = repository(request)
+    d = Digest.parse(request.path_params["digest"])
     try:
         size = await reg.blobs.size_in(name, d)
     except BlobUnknown:
@@ -84,9 +82,8 @@ async def get_blob(request: Request) -> Response:
 
 @routes.route("/v2/{name:path}/blobs/{digest}", ["DELETE"])
 async def delete_blob(request: Request) -> Response:
-    name, digest = request.path_params["name"], request.path_params["digest"]
-    reg = registry(request)
-    reg.name(name)
+    reg, name = repository(request)
+    digest = request.path_params["digest"]
     reg.check_delete()
     await reg.blobs.unlink(name, Digest.parse(digest))
     return Response(status_code=202, headers={"Content-Length": "0"})

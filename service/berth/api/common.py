@@ -20,6 +20,16 @@ def registry(request: Request) -> Registry:
     return reg
 
 
+def repository(request: Request, *, write: bool = False) -> tuple[Registry, str]:
+    """The registry and the request's validated repository name; with ``write``, refused when
+    the registry is read-only."""
+    reg = registry(request)
+    name = reg.name(request.path_params["name"])
+    if write:
+        reg.check_writable()
+    return reg, name
+
+
 def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
     return {"errors": [{"code": code, "message": message, "detail": detail}]}
 

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..registry.catalog import paginate
 from ..registry.errors import PaginationInvalid
-from .common import RouteTable, registry
+from .common import RouteTable, registry, repository
 
 routes = RouteTable()
 
@@ -38,9 +38,7 @@ def _page(
 
 @routes.route("/v2/{name:path}/tags/list", ["GET", "HEAD"])
 async def list_tags(request: Request) -> Response:
-    name = request.path_params["name"]
-    reg = registry(request)
-    reg.name(name)
+    reg, name = repository(request)
     tags = await reg.tags.all(name)
     return _page(request, f"/v2/{name}/tags/list", tags, "tags", {"name": name})
 

@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from ..registry import mediatypes as mt
 from ..registry.errors import ManifestTooLarge, ManifestUnknown
 from ..registry.names import is_digest_reference
-from .common import RouteTable, content_length, location, registry
+from .common import RouteTable, content_length, location, repository
 
 routes = RouteTable()
 
@@ -39,9 +39,8 @@ def _check_accept(request: Request, media_type: str, reference: str) -> None:
 
 @routes.route("/v2/{name:path}/manifests/{reference}", ["GET", "HEAD"])
 async def get_manifest(request: Request) -> Response:
-    name, reference = request.path_params["name"], request.path_params["reference"]
-    reg = registry(request)
-    reg.name(name)
+    reg, name = repository(request)
+    reference = request.path_params["reference"]
     stored = await reg.manifests.get(name, reference)
     _check_accept(request, stored.media_type, reference)
     headers = {
@@ -67,10 +66,8 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 @routes.route("/v2/{name:path}/manifests/{reference}", ["PUT"])
 async def put_manifest(request: Request) -> Response:
-    name, reference = request.path_params["name"], request.path_params["reference"]
-    reg = registry(request)
-    reg.name(name)
-    reg.check_writable()
+    reg, name = repository(request, write=True)
+    reference = request.path_params["reference"]
     body = await _read_limited(request, reg.settings.limits.max_manifest_bytes)
     stored = await reg.manifests.put(name, reference, body, request.headers.get("content-type"))
     headers = {
@@ -85,9 +82,8 @@ async def put_manifest(request: Request) -> Response:
 
 @routes.route("/v2/{name:path}/manifests/{reference}", ["DELETE"])
 async def delete_manifest(request: Request) -> Response:
-    name, reference = request.path_params["name"], request.path_params["reference"]
-    reg = registry(request)
-    reg.name(name)
+    reg, name = repository(request)
+    reference = request.path_params["reference"]
     reg.check_delete()
     await reg.manifests.delete(name, reference)
     return Response(status_code=202, headers={"Content-Length": "0"})

@@ -9,16 +9,15 @@ from fastapi.responses import Response
 
 from ..registry import mediatypes as mt
 from ..registry.digest import Digest
-from .common import RouteTable, registry
+from .common import RouteTable, repository
 
 routes = RouteTable()
 
 
 @routes.route("/v2/{name:path}/referrers/{digest}", ["GET"])
 async def list_referrers(request: Request) -> Response:
-    name, digest = request.path_params["name"], request.path_params["digest"]
-    reg = registry(request)
-    reg.name(name)
+    reg, name = repository(request)
+    digest = request.path_params["digest"]
     subject = Digest.parse(digest)
     artifact_type = request.query_params.get("artifactType")
     descriptors = await reg.referrers.find(name, subject, artifact_type)

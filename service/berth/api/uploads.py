@@ -7,8 +7,9 @@ from fastapi.responses import Response
 
 from ..registry.digest import Digest
 from ..registry.errors import DigestInvalid, RangeInvalid
+from ..registry.registry import Registry
 from ..registry.uploads import UploadStatus, parse_content_range, validate_upload_id
-from .common import RouteTable, content_length, has_body, location, registry
+from .common import RouteTable, content_length, has_body, location, registry, repository
 
 routes = RouteTable()
 
@@ -49,6 +50,11 @@ async def _content_range(request: Request, name: str, upload_id: str) -> tuple[i
         raise
 
 
+def _session(request: Request, *, write: bool = False) -> tuple[Registry, str, str]:
+    reg, name = repository(request, write=write)
+    return reg, name, validate_upload_id(request.path_params["upload_id"])
+
+
 def _digest_param(request: Request) -> Digest:
     value = request.query_params.get("digest")
     if not value:
@@ -58,10 +64,7 @@ def _digest_param(request: Request) -> Digest:
 
 @routes.route("/v2/{name:path}/blobs/uploads/", ["POST"])
 async def start_upload(request: Request) -> Response:
-    name = request.path_params["name"]
-    reg = registry(request)
-    reg.name(name)
-    reg.check_writable()
+    reg, name = repository(request, write=True)
     params = request.query_params
     if "mount" in params:
         digest = Digest.parse(params["mount"])
@@ -77,20 +80,14 @@ async def start_upload(request: Request) -> Response:
 
 @routes.route("/v2/{name:path}/blobs/uploads/{upload_id}", ["GET"])
 async def upload_status(request: Request) -> Response:
-    name, upload_id = request.path_params["name"], request.path_params["upload_id"]
-    reg = registry(request)
-    reg.name(name)
-    status = await reg.uploads.status(name, validate_upload_id(upload_id))
+    reg, name, upload_id = _session(request)
+    status = await reg.uploads.status(name, upload_id)
     return _session_response(request, name, status, 204)
 
 
 @routes.route("/v2/{name:path}/blobs/uploads/{upload_id}", ["PATCH"])
 async def upload_chunk(request: Request) -> Response:
-    name, upload_id = request.path_params["name"], request.path_params["upload_id"]
-    reg = registry(request)
-    reg.name(name)
-    reg.check_writable()
-    validate_upload_id(upload_id)
+    reg, name, upload_id = _session(request, write=True)
     status = await reg.uploads.append(
         name,
         upload_id,
@@ -103,11 +100,7 @@ async def upload_chunk(request: Request) -> Response:
 
 @routes.route("/v2/{name:path}/blobs/uploads/{upload_id}", ["PUT"])
 async def finish_upload(request: Request) -> Response:
-    name, upload_id = request.path_params["name"], request.path_params["upload_id"]
-    reg = registry(request)
-    reg.name(name)
-    reg.check_writable()
-    validate_upload_id(upload_id)
+    reg, name, upload_id = _session(request, write=True)
     digest = _digest_param(request)
     await reg.uploads.complete(
         name,
@@ -122,9 +115,6 @@ async def finish_upload(request: Request) -> Response:
 
 @routes.route("/v2/{name:path}/blobs/uploads/{upload_id}", ["DELETE"])
 async def cancel_upload(request: Request) -> Response:
-    name, upload_id = request.path_params["name"], request.path_params["upload_id"]
-    reg = registry(request)
-    reg.name(name)
-    reg.check_writable()
-    await reg.uploads.cancel(name, validate_upload_id(upload_id))
+    reg, name, upload_id = _session(request, write=True)
+    await reg.uploads.cancel(name, upload_id)
     return Response(status_code=204)
