@@ -3,8 +3,9 @@
 Roots per repository: the manifest each tag points at, every revision written within the grace
 period, and, without ``delete_untagged``, every revision. From the roots: the children of an
 index (recursively) and every manifest whose ``subject`` is kept (referrers: signatures, SBOMs),
-found through Berth's referrer index and through the ``subject`` of each revision (so referrers
-pushed through Distribution count too). Each manifest body is read once per run.
+found through the ``subject`` of each revision (so referrers pushed through Distribution count
+too), and through the ``_manifests/referrers/`` index early Berth builds wrote. Each manifest
+body is read once per run.
 """
 
 from __future__ import annotations
