@@ -60,14 +60,23 @@ class BlobStore:
         about to put the blob there): a request naming unknown digests (a manifest, a mount)
         must leave no ``touch`` behind, or every failed request could create directories.
         """
-        if not touch_absent and await self._fresh_size(digest) is None:
-            self.forget(digest)
-            return None
+        known: int | None = None
+        if not touch_absent:
+            known = await self._fresh_size(digest)
+            if known is None:
+                self.forget(digest)
+                return None
         for attempt in range(RESERVE_ATTEMPTS):
             await self.driver.put(paths.blob_touch(digest), b"")
-            names, size = await asyncio.gather(
-                self._list_blob_dir(digest), self._fresh_size(digest)
-            )
+            if known is not None:
+                # Content never changes, so only whether ``data`` still exists (in the same
+                # listing that shows tombstones) needs reading after the touch.
+                names = await self._list_blob_dir(digest)
+                size = known if paths.BLOB_DATA in names else None
+            else:
+                names, size = await asyncio.gather(
+                    self._list_blob_dir(digest), self._fresh_size(digest)
+                )
             tombstones = [n for n in names if n.startswith(paths.TOMBSTONE_PREFIX)]
             if not tombstones or await self._tombstones_stale(digest, tombstones):
                 if size is None:

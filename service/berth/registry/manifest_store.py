@@ -88,9 +88,13 @@ class ManifestStore:
         # Content first, then the links that make it visible: a crash in between leaves only
         # unreferenced content for garbage collection, never a link to nothing.
         await self.blobs.put_content(digest, body)
-        await self.driver.put(paths.revision_link(name, digest), str(digest).encode())
-        if not isinstance(ref, Digest):
-            await self.tags.set(name, ref, digest)
+        revision = self.driver.put(paths.revision_link(name, digest), str(digest).encode())
+        if isinstance(ref, Digest):
+            await revision
+        else:
+            # The revision and the tag's index entry are independent; the tag moves last.
+            await asyncio.gather(revision, self.tags.record(name, ref, digest))
+            await self.tags.point(name, ref, digest)
         stored = StoredManifest(digest, body, manifest)
         self._cache.put(digest, stored, len(body) + 512)
         return stored
@@ -99,8 +103,10 @@ class ManifestStore:
         # reserve() (fresh, never the size cache) before the link checks: a blob or child that
         # passes here survives any concurrent GC (docs/gc.md).
         async def check_blob(desc: Descriptor) -> str | None:
-            size = await self.blobs.reserve(desc.digest)
-            if size is None or not await self.blobs.is_linked(name, desc.digest):
+            size, linked = await asyncio.gather(
+                self.blobs.reserve(desc.digest), self.blobs.is_linked(name, desc.digest)
+            )
+            if size is None or not linked:
                 return f"blob unknown: {desc.digest}"
             if size != desc.size:
                 return f"size of {desc.digest} is {size}, not {desc.size}"

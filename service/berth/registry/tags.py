@@ -21,11 +21,14 @@ class Tags:
             raise ManifestUnknown(f"manifest unknown: {name}:{tag}") from None
         return Digest.parse(link.decode().strip())
 
-    async def set(self, name: str, tag: str, digest: Digest) -> None:
-        # The index entry first: Distribution's GC keeps whatever a tag's index names.
-        link = str(digest).encode()
-        await self.driver.put(paths.tag_index_link(name, tag, digest), link)
-        await self.driver.put(paths.tag_current_link(name, tag), link)
+    async def record(self, name: str, tag: str, digest: Digest) -> None:
+        """The tag's index entry; written before ``point``, as Distribution's GC keeps whatever
+        a tag's index names."""
+        await self.driver.put(paths.tag_index_link(name, tag, digest), str(digest).encode())
+
+    async def point(self, name: str, tag: str, digest: Digest) -> None:
+        """Move the tag: the one write that makes it visible."""
+        await self.driver.put(paths.tag_current_link(name, tag), str(digest).encode())
 
     async def delete(self, name: str, tag: str) -> None:
         try:

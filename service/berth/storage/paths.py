@@ -20,6 +20,7 @@ from ..registry.digest import Digest
 ROOT = "docker/registry/v2"
 BLOBS = f"{ROOT}/blobs"
 REPOSITORIES = f"{ROOT}/repositories"
+BLOB_DATA = "data"  # the content's file name inside a blob directory
 
 
 def blob_dir(digest: Digest) -> str:
@@ -27,7 +28,7 @@ def blob_dir(digest: Digest) -> str:
 
 
 def blob_data(digest: Digest) -> str:
-    return f"{blob_dir(digest)}/data"
+    return f"{blob_dir(digest)}/{BLOB_DATA}"
 
 
 def repository(name: str) -> str:
