@@ -510,3 +510,28 @@ async def test_chunked_upload_across_replicas(driver: StorageDriver, algorithm: 
     finally:
         if other is not driver:
             await other.close()
+
+
+def test_filesystem_put_survives_its_directory_being_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put racing a delete of its directory (GC removing a blob directory while a writer
+    touches it) lands after the delete instead of failing."""
+    from berth.storage import filesystem
+
+    target = tmp_path / "blobs" / "ab" / "touch"
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def replace_after_rmtree(src: str, dst: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            import shutil
+
+            shutil.rmtree(target.parent)  # the concurrent delete, between write and rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(filesystem.os, "replace", replace_after_rmtree)
+    filesystem._atomic_write(target, b"x")
+    assert target.read_bytes() == b"x"
+    assert calls["n"] == 2

@@ -226,16 +226,23 @@ def _retry_missing_parent(path: Path, mode: str) -> BinaryIO:
     raise AssertionError("unreachable")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
-    try:
-        with _retry_missing_parent(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+def _atomic_write(path: Path, data: bytes, attempts: int = 5) -> None:
+    for attempt in range(attempts):
+        tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            with _retry_missing_parent(tmp, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+            return
+        except FileNotFoundError:
+            # A concurrent delete of the directory (GC removing a blob directory) took the
+            # temporary file with it: the write lands after that delete instead.
+            if attempt == attempts - 1:
+                raise
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
 
 
 def _prune_empty_parents(directory: Path, root: Path) -> None:
