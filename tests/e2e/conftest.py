@@ -281,8 +281,12 @@ class BerthFactory(RegistryFactory):
 class DistributionFactory(RegistryFactory):
     kind = "distribution"
 
+    def storage_driver(self, root: Path) -> dict[str, object]:
+        """The ``storage`` driver section: a filesystem root (subclasses use S3)."""
+        return {"filesystem": {"rootdirectory": str(root)}}
+
     def write_config(self, root: Path, port: int) -> Path:
-        """Distribution 2.8.2's config.yml: filesystem driver, deletes on, no purging."""
+        """Distribution 2.8.2's config.yml: the storage driver, deletes on, no purging."""
         config = self.workdir / f"distribution-{port}.yml"
         config.write_text(  # JSON is YAML
             json.dumps(
@@ -290,7 +294,7 @@ class DistributionFactory(RegistryFactory):
                     "version": 0.1,
                     "log": {"level": "info", "accesslog": {"disabled": False}},
                     "storage": {
-                        "filesystem": {"rootdirectory": str(root)},
+                        **self.storage_driver(root),
                         "delete": {"enabled": True},
                         "maintenance": {"uploadpurging": {"enabled": False}},
                     },

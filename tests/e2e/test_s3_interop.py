@@ -6,8 +6,6 @@ process runs without it; Berth's runs with the variable as the machine has it.""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +13,9 @@ import pytest
 
 import s3_servers
 
-from .conftest import DistributionFactory, Server, Skopeo, require_tool
+from .conftest import DistributionFactory, Server, Skopeo
 from .ocilayout import OCILayout, closure
-from .test_s3_replicas import berth_s3_config, start_weed
+from .test_s3_replicas import berth_s3_config
 
 pytestmark = pytest.mark.e2e
 ROOT = "registry-root"
@@ -28,38 +26,8 @@ class S3DistributionFactory(DistributionFactory):
 
     s3: dict[str, object]
 
-    def _spawn(self, port: int, root: Path, config: dict | None):  # type: ignore[override]
-        import subprocess
-
-        from .conftest import DISTRIBUTION_SECRET
-
-        exe = require_tool("docker-registry")
-        path = self.workdir / f"distribution-s3-{port}.yml"
-        path.write_text(
-            json.dumps(
-                {
-                    "version": 0.1,
-                    "log": {"level": "info"},
-                    "storage": {
-                        "s3": self.s3,
-                        "delete": {"enabled": True},
-                        "maintenance": {"uploadpurging": {"enabled": False}},
-                    },
-                    "http": {"addr": f"127.0.0.1:{port}", "secret": DISTRIBUTION_SECRET},
-                }
-            )
-        )
-        log = self.workdir / f"distribution-s3-{port}.log"
-        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [exe, "serve", str(path)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-        return Server("distribution", proc, port, root, log)
+    def storage_driver(self, root: Path) -> dict[str, object]:
+        return {"s3": self.s3}
 
 
 def distribution_s3_settings(weed: s3_servers.S3Server, bucket: str) -> dict[str, object]:
@@ -78,7 +46,7 @@ def distribution_s3_settings(weed: s3_servers.S3Server, bucket: str) -> dict[str
 
 @pytest.fixture(scope="module")
 def pair(berth_factory, e2e_workdir: Path) -> Iterator[tuple[Server, Server]]:
-    weed = start_weed()
+    weed = s3_servers.require_seaweedfs()
     bucket = s3_servers.new_bucket(weed)
     factory = S3DistributionFactory(e2e_workdir)
     factory.s3 = distribution_s3_settings(weed, bucket)

