@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import re
 import sys
-from typing import Any
 
 from ..config import Settings
 from ..storage.driver import StorageDriver
@@ -65,19 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _setting(settings: Settings, name: str, default: float) -> float:
-    section: Any = getattr(settings, "maintenance", None)
-    value = getattr(section, name, None) if section is not None else None
-    return float(value) if isinstance(value, int | float) else default
-
-
 def options_from(args: argparse.Namespace, settings: Settings) -> GCOptions:
     grace = args.grace_period
     if grace is None:
-        grace = _setting(settings, "gc_grace_period_seconds", 3600.0)
+        grace = float(settings.maintenance.gc_grace_period_seconds)
     purge_age = args.upload_purge_age
     if purge_age is None:
-        purge_age = _setting(settings, "upload_purge_age_seconds", 7 * 86400.0)
+        purge_age = float(settings.maintenance.upload_purge_age_seconds)
     return GCOptions(
         delete_untagged=args.delete_untagged,
         grace_period=grace,

@@ -21,16 +21,11 @@ class LRUCache(Generic[K, V]):
         self._weights: dict[K, int] = {}
         self._data: OrderedDict[K, V] = OrderedDict()
         self._total = 0
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: K) -> V | None:
         value = self._data.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self._data.move_to_end(key)
-        self.hits += 1
+        if value is not None:
+            self._data.move_to_end(key)
         return value
 
     def put(self, key: K, value: V, weight: int = 1) -> None:

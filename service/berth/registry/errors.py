@@ -108,12 +108,6 @@ class Unsupported(RegistryError):
     default_message = "the operation is unsupported"
 
 
-class TooManyRequests(RegistryError):
-    code = "TOOMANYREQUESTS"
-    status = 429
-    default_message = "too many requests"
-
-
 class RangeInvalid(RegistryError):
     code = "RANGE_INVALID"
     status = 416
@@ -124,12 +118,6 @@ class PaginationInvalid(RegistryError):
     code = "PAGINATION_NUMBER_INVALID"
     status = 400
     default_message = "invalid number of results requested"
-
-
-class Unavailable(RegistryError):
-    code = "UNAVAILABLE"
-    status = 503
-    default_message = "storage is unavailable, retry later"
 
 
 class ManifestTooLarge(RegistryError):

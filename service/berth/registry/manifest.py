@@ -24,7 +24,6 @@ class Descriptor:
     artifact_type: str | None = None
     annotations: dict[str, str] | None = None
     platform: dict[str, Any] | None = None
-    has_urls: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -48,10 +47,6 @@ class Manifest:
     subject: Descriptor | None = None
     artifact_type: str | None = None
     annotations: dict[str, str] | None = field(default=None)
-
-    @property
-    def is_index(self) -> bool:
-        return self.media_type in mt.INDEXES
 
     def blob_references(self) -> list[Descriptor]:
         """Blobs this manifest needs in its repository (foreign layers excepted)."""
@@ -120,7 +115,6 @@ def parse_descriptor(obj: Any, where: str) -> Descriptor:
         artifact_type=_str(obj, "artifactType", required=False),
         annotations=_annotations(obj),
         platform=platform,
-        has_urls=bool(urls),
     )
 
 

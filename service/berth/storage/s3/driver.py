@@ -36,7 +36,6 @@ from .writer import STATE_SUFFIX, S3Writer, WriterState, is_internal
 
 READ_CHUNK = 1024 * 1024
 Keys = list[str]  # (inside the class, ``list`` is the driver method)
-COPY_LIMIT = 5 * 1024**3  # largest single CopyObject
 COPY_PART = 1024**3
 READ_RESUMES = 3
 # Keys whose last component is one of these are always objects in the registry layout, so a

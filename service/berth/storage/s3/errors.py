@@ -8,7 +8,7 @@ that is the store being down, which the registry answers with 503 and ``Retry-Af
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
@@ -63,7 +63,3 @@ async def call(key: str, awaitable: Awaitable[T]) -> T:
         return await awaitable
     except (TimeoutError, ClientError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
         raise translate(exc, key) from exc
-
-
-def response_size(response: dict[str, Any]) -> int:
-    return int(response.get("ContentLength", 0))
