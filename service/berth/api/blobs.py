@@ -6,7 +6,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from ..registry.digest import Digest
-from ..registry.errors import BlobUnknown, RangeInvalid
+from ..registry.errors import RangeInvalid
 from .common import RouteTable, repository
 
 routes = RouteTable()
@@ -44,10 +44,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 async def get_blob(request: Request) -> Response:
     reg, name = repository(request)
     d = Digest.parse(request.path_params["digest"])
-    try:
-        size = await reg.blobs.size_in(name, d)
-    except BlobUnknown:
-        raise BlobUnknown(f"blob unknown to repository {name}: {d}") from None
+    size = await reg.blobs.size_in(name, d)
     headers = {
         "Docker-Content-Digest": str(d),
         "ETag": f'"{d}"',

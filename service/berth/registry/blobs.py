@@ -128,7 +128,7 @@ class BlobStore:
             self.is_linked(name, digest), self._size_or_none(digest)
         )
         if not linked or size is None:
-            raise BlobUnknown(f"blob unknown to repository: {digest}")
+            raise BlobUnknown(f"blob unknown to repository {name}: {digest}")
         return size
 
     async def _size_or_none(self, digest: Digest) -> int | None:
@@ -145,7 +145,7 @@ class BlobStore:
         try:
             await self.driver.stat(key)
         except PathNotFound:
-            raise BlobUnknown(f"blob unknown to repository: {digest}") from None
+            raise BlobUnknown(f"blob unknown to repository {name}: {digest}") from None
         await self.driver.delete(key)
 
     def open(
