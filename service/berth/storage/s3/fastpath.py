@@ -128,12 +128,7 @@ class FastS3:
         canonical = "".join(f"{n}:{headers[n].strip()}\n" for n in names)
         request = f"{method}\n{path}\n{query}\n{canonical}\n{signed}\n{UNSIGNED}"
         scope = f"{date}/{self._region}/s3/aws4_request"
-        to_sign = (
-            f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
-        )
-        signature = hmac.new(
-            self._signing_key(creds.secret_key, date), to_sign.encode(), hashlib.sha256
-        ).hexdigest()
+        signature = self._signature(creds, amz_date, scope, request)
         headers["authorization"] = (
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
             f"SignedHeaders={signed}, Signature={signature}"
@@ -160,13 +155,15 @@ class FastS3:
             f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
         )
         request = f"GET\n{path}\n{query}\nhost:{host}\n\nhost\n{UNSIGNED}"
-        to_sign = (
-            f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
-        )
-        signature = hmac.new(
-            self._signing_key(creds.secret_key, date), to_sign.encode(), hashlib.sha256
-        ).hexdigest()
+        signature = self._signature(creds, amz_date, scope, request)
         return f"{scheme}://{host}{path}?{query}&X-Amz-Signature={signature}"
+
+    def _signature(self, creds: Frozen, amz_date: str, scope: str, canonical_request: str) -> str:
+        """SigV4: sign the string-to-sign of a canonical request with the day's signing key."""
+        digest = hashlib.sha256(canonical_request.encode()).hexdigest()
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{digest}"
+        key = self._signing_key(creds.secret_key, amz_date[:8])
+        return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
 
     async def request(
         self,
