@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -174,3 +175,108 @@ def test_berth_gc_then_distribution_serves_and_finds_nothing_to_remove(
     finally:
         dist.stop()
         berth.stop()
+
+
+# -- Docker schema 1 as Distribution stores it, and manifests nobody can read --------------------
+
+
+def _write(root: Path, rel: str, data: bytes) -> None:
+    path = root / "docker/registry/v2" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _put_blob(root: Path, repo: str, data: bytes) -> str:
+    hex_ = hashlib.sha256(data).hexdigest()
+    _write(root, f"blobs/sha256/{hex_[:2]}/{hex_}/data", data)
+    _write(root, f"repositories/{repo}/_layers/sha256/{hex_}/link", f"sha256:{hex_}".encode())
+    return f"sha256:{hex_}"
+
+
+def _put_manifest(root: Path, repo: str, body: bytes, tag: str) -> str:
+    hex_ = hashlib.sha256(body).hexdigest()
+    link = f"sha256:{hex_}".encode()
+    _write(root, f"blobs/sha256/{hex_[:2]}/{hex_}/data", body)
+    _write(root, f"repositories/{repo}/_manifests/revisions/sha256/{hex_}/link", link)
+    _write(root, f"repositories/{repo}/_manifests/tags/{tag}/current/link", link)
+    _write(root, f"repositories/{repo}/_manifests/tags/{tag}/index/sha256/{hex_}/link", link)
+    return f"sha256:{hex_}"
+
+
+def _blob_exists(root: Path, digest: str) -> bool:
+    hex_ = digest.split(":", 1)[1]
+    return (root / f"docker/registry/v2/blobs/sha256/{hex_[:2]}/{hex_}/data").exists()
+
+
+def test_berth_gc_reads_schema1_and_fails_safe_on_unreadable_manifests(
+    distribution_factory: DistributionFactory, repo: str
+) -> None:
+    """A schema 1 image in a Distribution directory (stored the way Distribution stores it: the
+    canonical payload, unsigned; it signs on the way out): `berth gc` keeps its layers and
+    Distribution's own GC agrees. Then a tagged manifest no parser can read: `berth gc` removes
+    no blob at all, names it, and exits 1."""
+    root = distribution_factory.new_root()
+    layers = [_put_blob(root, repo, f"schema 1 layer {i} ".encode() * 50) for i in range(2)]
+    schema1 = json.dumps(
+        {
+            "schemaVersion": 1,
+            "name": repo,
+            "tag": "old",
+            "architecture": "amd64",
+            "fsLayers": [{"blobSum": d} for d in reversed(layers)],
+            "history": [{"v1Compatibility": json.dumps({"id": f"{i:064x}"})} for i in (1, 0)],
+        },
+        indent=3,
+    ).encode()
+    manifest = _put_manifest(root, repo, schema1, "old")
+    orphan = _put_blob(root, repo, b"nothing names this blob")
+    _age(root)
+
+    report = _berth_gc(root, "--grace-period", "0s", "--delete-untagged")
+    assert report["ok"], report["errors"]
+    assert report["unreadable"] == []
+    assert report["blobs_deleted"] == 1 and not _blob_exists(root, orphan)
+    for digest in [manifest, *layers]:
+        assert _blob_exists(root, digest), digest
+    (marked, eligible_blobs, eligible_manifests), out = _distribution_gc(
+        distribution_factory.write_config(root, free_port()), "--delete-untagged"
+    )
+    assert (marked, eligible_blobs, eligible_manifests) == (3, 0, 0), out[-3000:]
+
+    # A tagged manifest in another repository that nothing can parse, over a layer of its own.
+    junk_repo = f"{repo}-junk"
+    junk_layer = _put_blob(root, junk_repo, b"only the unreadable manifest names this " * 20)
+    junk = _put_manifest(
+        root,
+        junk_repo,
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.example.future.v9+json",
+                "layers": [{"mediaType": "x", "digest": junk_layer, "size": 820}],
+            }
+        ).encode(),
+        "v1",
+    )
+    orphan = _put_blob(root, repo, b"another blob nothing names")
+    _age(root)
+    proc = run(
+        [
+            require_tool("berth"),
+            "gc",
+            "--storage-root",
+            str(root),
+            "--json",
+            "--grace-period",
+            "0s",
+            "--delete-untagged",
+        ],
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert not report["ok"] and report["blob_sweep_skipped"]
+    assert [(u["repository"], u["digest"]) for u in report["unreadable"]] == [(junk_repo, junk)]
+    assert report["objects_removed"] == 0
+    for digest in [junk, junk_layer, orphan, manifest, *layers]:
+        assert _blob_exists(root, digest), digest

@@ -6,6 +6,14 @@ index (recursively) and every manifest whose ``subject`` is kept (referrers: sig
 found through the ``subject`` of each revision (so referrers pushed through Distribution count
 too), and through the ``_manifests/referrers/`` index early Berth builds wrote. Each manifest
 body is read once per run.
+
+Absent content is not an error: a revision, tag target, index child or referrer whose data is
+missing (deleted meanwhile, or never pushed: sparse indexes and images) has nothing to keep.
+Present content that cannot be parsed is: GC cannot know what it references, so it is recorded
+in ``MarkResult.unreadable`` (with every repository that names it) and the sweep fails safe
+(``sweep.plan``). Every revision counts, kept or not, because an unreadable one may be a
+referrer of a kept manifest; so do tag targets and index children, and tag links whose content
+is not a digest.
 """
 
 from __future__ import annotations
@@ -17,10 +25,25 @@ from dataclasses import dataclass, field
 
 from ..registry.digest import Digest
 from ..registry.errors import DigestInvalid, ManifestInvalid
-from ..registry.manifest import Manifest, parse_manifest
+from ..registry.manifest import Manifest
 from ..storage import paths
 from ..storage.driver import PathNotFound, StorageDriver
 from .inventory import REFERRER, REVISION, TAG_CURRENT, Inventory, Link
+from .manifests import parse_for_marking
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """Present content GC needed to read and could not: a manifest, or a tag's current link."""
+
+    repository: str
+    digest: str  # the manifest's digest; for a tag link, what the link holds (may be junk)
+    reason: str
+    tag: str | None = None
+
+    def __str__(self) -> str:
+        what = f"tag {self.tag} link" if self.tag is not None else "manifest"
+        return f"{self.repository}: {what} {self.digest}: {self.reason}"
 
 
 @dataclass(slots=True)
@@ -29,7 +52,11 @@ class MarkResult:
     marked: set[Digest] = field(default_factory=set)  # blobs (manifests included) to keep
     tags: dict[str, dict[str, Digest]] = field(default_factory=dict)
     manifests_read: int = 0
-    unreadable: list[str] = field(default_factory=list)
+    unreadable: list[Unreadable] = field(default_factory=list)
+
+    @property
+    def unreadable_repositories(self) -> set[str]:
+        return {u.repository for u in self.unreadable}
 
 
 class Marker:
@@ -50,6 +77,8 @@ class Marker:
         self.sem = asyncio.Semaphore(concurrency)
         self.on_read = on_read
         self.manifests: dict[Digest, Manifest | None] = {}
+        self.invalid: dict[Digest, str] = {}  # present, but not a manifest GC can read: why
+        self.bad_tags: list[Unreadable] = []
         self.result = MarkResult()
 
     async def _read(self, digest: Digest) -> None:
@@ -60,10 +89,11 @@ class Marker:
                 self.manifests[digest] = None
                 return
         try:
-            self.manifests[digest] = parse_manifest(body)
-        except ManifestInvalid:
-            self.manifests[digest] = None  # a blob that is not a manifest: nothing to follow
-            self.result.unreadable.append(str(digest))
+            self.manifests[digest] = parse_for_marking(body)
+        except ManifestInvalid as exc:
+            # Present but unreadable: nothing to follow, and the sweep must not guess.
+            self.manifests[digest] = None
+            self.invalid[digest] = str(exc)
         self.result.manifests_read += 1
         if self.on_read:
             self.on_read(1)
@@ -88,6 +118,10 @@ class Marker:
             try:
                 digest = Digest.parse(raw.decode().strip())
             except (DigestInvalid, UnicodeDecodeError):
+                # Which manifest the tag keeps is unknown: as unsafe as an unreadable manifest.
+                assert link.tag is not None
+                text = raw[:100].decode(errors="replace").strip()
+                self.bad_tags.append(Unreadable(link.repo, text, "not a digest", tag=link.tag))
                 return
             assert link.tag is not None
             self.result.tags.setdefault(link.repo, {})[link.tag] = digest
@@ -121,7 +155,7 @@ class Marker:
                     roots.add(link.digest)
             # Referrers by subject: Berth's index (entries whose revision still exists) plus
             # the subject of every revision.
-            present = {link.digest for link in revisions.get(repo, [])}
+            present = {d for link in revisions.get(repo, []) if (d := link.digest) is not None}
             by_subject: dict[Digest, set[Digest]] = defaultdict(set)
             for subject, referrers in referrer_index[repo].items():
                 by_subject[subject] = {d for d in referrers if d in present}
@@ -131,6 +165,12 @@ class Marker:
                 if m is not None and m.subject is not None:
                     by_subject[m.subject.digest].add(link.digest)
             self.result.kept[repo] = await self._closure(roots, by_subject)
+            named = self.result.kept[repo] | present
+            self.result.unreadable += [
+                Unreadable(repo, str(d), self.invalid[d])
+                for d in sorted(named & self.invalid.keys(), key=str)
+            ]
+        self.result.unreadable += sorted(self.bad_tags, key=str)
 
         marked = self.result.marked
         for kept in self.result.kept.values():

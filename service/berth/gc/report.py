@@ -32,6 +32,10 @@ class Report:
     objects_removed: int = 0
     objects_per_second: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # Present manifests (or tag links) that could not be read: {repository, digest, tag, reason}.
+    # Any of them makes the run fail safe: no blob removed, nothing in their repositories.
+    unreadable: list[dict[str, Any]] = field(default_factory=list)
+    blob_sweep_skipped: bool = False
     # Dry run: what would be removed.
     would_remove: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -125,6 +129,9 @@ def print_summary(report: Report, stream: TextIO, as_json: bool) -> None:
     if report.skipped_in_use:
         w(f"; {report.skipped_in_use} kept because a writer touched them during the run")
     w("\n")
+    for u in report.unreadable[:50]:
+        what = f"tag {u['tag']} link" if u.get("tag") is not None else "manifest"
+        w(f"berth gc: unreadable {what} {u['repository']}@{u['digest']}: {u['reason']}\n")
     for error in report.errors[:50]:
         w(f"berth gc: error: {error}\n")
     if not report.ok:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,8 @@ from .sweep import Sweeper, Unit, plan
 # Storage clocks with one-second resolution (S3 Last-Modified): never call "old" what could
 # have been written in the same second as the cut-off.
 CLOCK_SLACK_SECONDS = 1.0
+
+log = logging.getLogger("berth.gc")
 
 
 class LeaseHeld(Exception):
@@ -90,6 +93,22 @@ async def collect_garbage(
         report.blobs_marked = sum(
             1 for d in mark.marked if d in inv.blobs and inv.blobs[d].data is not None
         )
+        if mark.unreadable:
+            # Fail safe (docs/gc.md): no blob is removed, nor anything in those repositories.
+            report.unreadable = [
+                {"repository": u.repository, "digest": u.digest, "tag": u.tag, "reason": u.reason}
+                for u in mark.unreadable
+            ]
+            report.blob_sweep_skipped = True
+            for u in mark.unreadable:
+                log.error("gc: unreadable %s", u)
+            message = (
+                f"{len(mark.unreadable)} unreadable manifest(s) or tag link(s) in "
+                f"{len(mark.unreadable_repositories)} repositories: no blob is removed, nor "
+                f"anything in {', '.join(sorted(mark.unreadable_repositories))}"
+            )
+            log.error("gc: %s", message)
+            report.errors.append(message)
 
         units = plan(inv, mark, cutoff, now)
         if phase_hook:

@@ -56,10 +56,20 @@ class SweepStats:
 
 
 def plan(inv: Inventory, mark: MarkResult, cutoff: float, now: float) -> list[Unit]:
-    """The units to run, from the inventory alone (no storage calls)."""
+    """The units to run, from the inventory alone (no storage calls).
+
+    Fail safe: when the mark found present manifests it could not read (``mark.unreadable``),
+    no blob is removed anywhere (blobs are global: any of them may be what such a manifest
+    names) and nothing at all in the repositories that hold one (an unreadable index may name
+    any revision of its repository as a child, an unreadable referrer any subject). Other
+    repositories are cleaned up as usual (a manifest references only content of its own
+    repository), and so are blob directories without data (nothing to keep there).
+    """
+    failsafe = bool(mark.unreadable)
+    frozen = mark.unreadable_repositories
     by_digest: dict[Digest, list[Link]] = defaultdict(list)
     for link in inv.links:
-        if link.kind != TAG_CURRENT and link.digest is not None:
+        if link.kind != TAG_CURRENT and link.digest is not None and link.repo not in frozen:
             by_digest[link.digest].append(link)
 
     def removable_link(link: Link, blob_gone: bool) -> bool:
@@ -82,7 +92,7 @@ def plan(inv: Inventory, mark: MarkResult, cutoff: float, now: float) -> list[Un
         if live_tombstones:
             continue  # another GC run is working on it right now
         touched_recently = entry is not None and (entry.touched or 0) >= cutoff
-        if data is not None and digest not in mark.marked:
+        if data is not None and digest not in mark.marked and not failsafe:
             fresh = (
                 data.modified >= cutoff
                 or touched_recently

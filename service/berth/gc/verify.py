@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from ..registry.digest import Digest
 from ..registry.errors import DigestInvalid, ManifestInvalid
-from ..registry.manifest import parse_manifest
 from ..storage import paths
 from ..storage.driver import PathNotFound, StorageDriver
 from .inventory import LAYER, REVISION, TAG_CURRENT, take_inventory
+from .manifests import parse_for_marking
 
 
 async def find_problems(driver: StorageDriver) -> list[str]:
@@ -46,7 +46,7 @@ async def find_problems(driver: StorageDriver) -> list[str]:
             problems.append(f"{repo}: {why} {digest}: manifest data missing")
             continue
         try:
-            manifest = parse_manifest(await driver.get(paths.blob_data(digest)))
+            manifest = parse_for_marking(await driver.get(paths.blob_data(digest)))
         except (PathNotFound, ManifestInvalid) as exc:
             problems.append(f"{repo}: {why} {digest}: unreadable ({exc})")
             continue
