@@ -1,19 +1,42 @@
 """``berth-operator``: run the kopf operator for Registry and GarbageCollection resources.
 
 It runs standalone (no kopf peering): deploy exactly one replica with the ``Recreate`` strategy.
+
+kopf and the Kubernetes client come with the ``operator`` extra (``pip install
+'berth[operator]'``, as the image does), so they are imported only when the operator runs: a
+``berth`` installed without the extra answers ``berth-operator`` with that advice, not with a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
+import sys
 import threading
 from collections.abc import Sequence
 
-import kopf
-
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
+OPERATOR_PACKAGES = ("kopf", "kubernetes")
+MISSING_EXTRA = (
+    "berth-operator: the Kubernetes operator needs the `operator` extra ({missing} is not "
+    "installed).\nInstall it with: pip install 'berth[operator]'"
+)
+
+
+def missing_operator_packages() -> list[str]:
+    """The packages of the ``operator`` extra that cannot be imported here."""
+    missing = []
+    for name in OPERATOR_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or exc.name.partition(".")[0] != name:
+                raise  # the package is there but broken: let that traceback through
+            missing.append(name)
+    return missing
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -46,6 +69,8 @@ async def run(
     ready_flag: asyncio.Event | threading.Event | None = None,
 ) -> None:
     """The operator's main coroutine (also what the tests run)."""
+    import kopf
+
     import berth_operator.handlers  # noqa: F401  (registers the handlers)
 
     await kopf.operator(
@@ -60,6 +85,12 @@ async def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    missing = missing_operator_packages()
+    if missing:
+        print(MISSING_EXTRA.format(missing=" and ".join(missing)), file=sys.stderr)
+        return 2
+    import kopf
+
     log_format = {
         "json": kopf.LogFormat.JSON,
         "plain": kopf.LogFormat.PLAIN,

@@ -9,16 +9,18 @@ issuers put in ``kid``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -221,9 +223,15 @@ def parse_trusted_keys(data: bytes) -> list[TrustedKey]:
 class KeySet:
     """The keys a verifier trusts: the built-in signer's, a file's (re-read when it changes),
     and a JWKS URL's (re-fetched every ``refresh_seconds``, or sooner for an unknown ``kid``).
+
+    The JWKS fetch is single-flight: every request that needs the keys while a fetch is under
+    way waits for that one fetch (so the first requests after a start do not see an empty key
+    set and answer 401), and the issuer gets one request, not one per client.
     """
 
     MIN_REFETCH_SECONDS = 30.0
+    FETCH_TIMEOUT_SECONDS = 10.0
+    MAX_JWKS_BYTES = 1024 * 1024
 
     def __init__(
         self,
@@ -237,28 +245,63 @@ class KeySet:
         self._url = url
         self._refresh = refresh_seconds
         self._remote: list[TrustedKey] = []
-        self._fetched = 0.0
+        self._fetched = -math.inf  # when the last fetch started (monotonic); never: due now
+        self._inflight: asyncio.Task[None] | None = None
+
+    async def _download(self, url: str) -> bytes:
+        timeout = aiohttp.ClientTimeout(total=self.FETCH_TIMEOUT_SECONDS)
+        # trust_env: HTTP(S)_PROXY / NO_PROXY apply, as for any other HTTP client.
+        async with (
+            aiohttp.ClientSession(timeout=timeout, trust_env=True) as session,
+            session.get(url, headers={"Accept": "application/json"}) as response,
+        ):
+            response.raise_for_status()
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(65536):
+                body += chunk
+                if len(body) > self.MAX_JWKS_BYTES:
+                    raise ValueError(f"JWKS document larger than {self.MAX_JWKS_BYTES} bytes")
+            return bytes(body)
 
     async def _fetch(self) -> None:
         assert self._url is not None
         self._fetched = time.monotonic()
         try:
-            async with httpx.AsyncClient(timeout=10) as client:
-                r = await client.get(self._url)
-                r.raise_for_status()
-                self._remote = parse_jwks(r.content)
+            self._remote = parse_jwks(await self._download(self._url))
         except Exception as exc:  # keep the previous keys
-            log.warning("cannot fetch JWKS from %s: %s", self._url, type(exc).__name__)
+            log.warning("cannot fetch JWKS from %s: %s: %s", self._url, type(exc).__name__, exc)
+
+    async def _refetch(self) -> None:
+        """Start a fetch, or join the one under way, and wait for it to finish.
+
+        The fetch runs as a task of its own, shielded: a request that is cancelled (its client
+        went away) stops waiting but does not cancel the fetch the others are waiting on.
+        """
+        task = self._inflight
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            task = asyncio.get_running_loop().create_task(self._fetch(), name="berth-jwks-fetch")
+            self._inflight = task
+            task.add_done_callback(self._fetch_done)
+        await asyncio.shield(task)
+
+    def _fetch_done(self, task: asyncio.Task[None]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+
+    def _fetching(self) -> bool:
+        return self._inflight is not None and not self._inflight.done()
 
     async def keys(self, kid: str | None) -> list[TrustedKey]:
-        if self._url is not None:
-            age = time.monotonic() - self._fetched
-            if age >= self._refresh:
-                await self._fetch()
+        if self._url is None:
+            return self._lookup(kid)
+        if time.monotonic() - self._fetched >= self._refresh:
+            await self._refetch()
         found = self._lookup(kid)
+        # Nothing known yet for this token: wait for the fetch under way (the first requests
+        # after a start), or fetch again for a new kid (at most every MIN_REFETCH_SECONDS).
         stale = time.monotonic() - self._fetched >= self.MIN_REFETCH_SECONDS
-        if not found and kid and self._url is not None and stale:
-            await self._fetch()
+        if not found and (self._fetching() or (kid and stale)):
+            await self._refetch()
             found = self._lookup(kid)
         return found
 
