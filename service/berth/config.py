@@ -232,6 +232,20 @@ class MaintenanceSettings(_Section):
     )
 
 
+class ManifestValidationSettings(_Section):
+    allow_sparse: bool = Field(
+        False,
+        description="Accept image manifests and indexes whose referenced blobs (config, layers) "
+        "or child manifests are absent from the repository, as mirrors copying only some "
+        "platforms push them. Referenced content that is present must still match its "
+        "descriptor's size. Off: such a push is refused with MANIFEST_BLOB_UNKNOWN.",
+    )
+
+
+class ValidationSettings(_Section):
+    manifests: ManifestValidationSettings = ManifestValidationSettings()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BERTH_", env_nested_delimiter="__", extra="forbid"
@@ -244,6 +258,7 @@ class Settings(BaseSettings):
     observability: ObservabilitySettings = ObservabilitySettings()
     auth: AuthSettings = AuthSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
+    validation: ValidationSettings = ValidationSettings()
 
     @classmethod
     def settings_customise_sources(

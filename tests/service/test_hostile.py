@@ -628,8 +628,25 @@ async def test_bad_tags(env: Env, tag: str) -> None:
         content=body,
         headers={"Content-Type": OCI_MANIFEST},
     )
-    await env.expect("GET", f"/v2/{REPO}/manifests/{tag}", 400, "TAG_INVALID")
-    await env.expect("DELETE", f"/v2/{REPO}/manifests/{tag}", 400, "TAG_INVALID")
+    # Looked up, a reference that is no tag (and has no ':') names nothing: 404, as clients and
+    # Distribution expect; only a PUT, which would create the tag, is refused as invalid.
+    for method in ("GET", "HEAD", "DELETE"):
+        await env.expect(method, f"/v2/{REPO}/manifests/{tag}", 404, "MANIFEST_UNKNOWN")
+
+
+@pytest.mark.parametrize("tag", [*BAD_TAGS, ""], ids=[t[:30] for t in BAD_TAGS] + ["empty"])
+async def test_bad_tag_parameters(env: Env, tag: str) -> None:
+    """A push by digest with ``?tag=``: one invalid tag refuses the push and writes nothing,
+    not even the valid tags beside it or the manifest itself."""
+    body = body_of(manifest(env))
+    await env.expect(
+        "PUT",
+        f"/v2/{REPO}/manifests/{sha256(body)}?tag=fine&tag={tag}",
+        400,
+        "TAG_INVALID",
+        content=body,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
 
 
 BAD_DIGESTS = [
@@ -661,6 +678,7 @@ async def test_bad_digests(env: Env, digest: str) -> None:
     )
     for method, url in (
         ("GET", f"/v2/{REPO}/manifests/{digest}"),
+        ("HEAD", f"/v2/{REPO}/manifests/{digest}"),
         ("DELETE", f"/v2/{REPO}/manifests/{digest}"),
         ("GET", f"/v2/{REPO}/blobs/{digest}"),
         ("DELETE", f"/v2/{REPO}/blobs/{digest}"),

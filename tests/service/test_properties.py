@@ -29,12 +29,13 @@ from berth.registry.digest import Digest
 from berth.registry.errors import (
     BlobUploadUnknown,
     DigestInvalid,
+    ManifestUnknown,
     NameInvalid,
     RangeInvalid,
     RegistryError,
     TagInvalid,
 )
-from berth.registry.names import parse_reference, validate_name, validate_tag
+from berth.registry.names import lookup_reference, parse_reference, validate_name, validate_tag
 from berth.registry.uploads import parse_content_range, validate_upload_id
 from berth.storage import paths
 from berth.storage.filesystem import FilesystemDriver
@@ -288,6 +289,53 @@ def test_reference_is_a_tag_or_a_digest_or_a_typed_error(text: str) -> None:
         assert _spec_digest(text) and str(ref) == text
     else:
         assert _spec_tag(text) and ref == text
+
+
+@PROPS
+@given(
+    st.one_of(any_text, mutated(tags), tags, st.builds(lambda b: str(Digest.of(b)), st.binary()))
+)
+@example(".INVALID_MANIFEST_NAME")  # the conformance suite's nonexistent manifest
+@example("sha256:abc")
+@example("latest\n")
+def test_looked_up_reference_is_unknown_unless_digest_shaped(text: str) -> None:
+    """GET/HEAD/DELETE: what is neither a tag nor digest-shaped names nothing (404
+    MANIFEST_UNKNOWN); a malformed digest is DIGEST_INVALID; TAG_INVALID never happens."""
+    try:
+        ref = lookup_reference(text)
+    except DigestInvalid:
+        assert ":" in text and not _spec_digest(text)
+        return
+    except ManifestUnknown as exc:
+        assert exc.status == 404
+        assert ":" not in text and not _spec_tag(text)
+        return
+    if isinstance(ref, Digest):
+        assert _spec_digest(text) and str(ref) == text
+    else:
+        assert _spec_tag(text) and ref == text
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(any_text, mutated(tags)).map(lambda t: t.replace("/", "_")))  # one segment
+@example(".INVALID_MANIFEST_NAME")
+@example("sha256:abc")
+@example("..")
+def test_manifest_get_by_any_reference_is_404_or_digest_invalid(
+    app_client: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient, Path], text: str
+) -> None:
+    """Any text as a manifest reference (one path segment), percent-encoded, in a repository
+    with no manifests: 404 (MANIFEST_UNKNOWN, or NOT_FOUND when no route takes the path), or
+    400 DIGEST_INVALID for digest-shaped text; never TAG_INVALID, never a 5xx."""
+    loop, client, _ = app_client
+    path = quote(text.encode("utf-8", "surrogatepass"), safe="").replace(".", "%2E")
+    r = loop.run_until_complete(client.get(f"/v2/props/app/manifests/{path}"))
+    code = r.json()["errors"][0]["code"]
+    if r.status_code == 400:
+        assert code == "DIGEST_INVALID" and ":" in text, (text, r.text)
+    else:
+        assert r.status_code == 404, (text, r.status_code, r.text)
+        assert code in ("MANIFEST_UNKNOWN", "NOT_FOUND"), (text, r.text)
 
 
 # --- digests -------------------------------------------------------------------------------

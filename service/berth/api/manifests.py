@@ -69,12 +69,21 @@ async def put_manifest(request: Request) -> Response:
     reg, name = repository(request, write=True)
     reference = request.path_params["reference"]
     body = await _read_limited(request, reg.settings.limits.max_manifest_bytes)
-    stored = await reg.manifests.put(name, reference, body, request.headers.get("content-type"))
+    stored, tagged = await reg.manifests.put(
+        name,
+        reference,
+        body,
+        request.headers.get("content-type"),
+        tags=request.query_params.getlist("tag"),
+    )
     headers = {
         "Location": location(request, f"/v2/{name}/manifests/{stored.digest}"),
         "Docker-Content-Digest": str(stored.digest),
         "Content-Length": "0",
     }
+    if tagged:
+        # One field with a list is the same as one field per tag (RFC 9110, section 5.3).
+        headers["OCI-Tag"] = ", ".join(tagged)
     if stored.manifest.subject is not None:
         headers["OCI-Subject"] = str(stored.manifest.subject.digest)
     return Response(status_code=201, headers=headers)

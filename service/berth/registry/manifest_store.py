@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..storage import paths
@@ -18,7 +19,7 @@ from .errors import (
     ManifestUnknown,
 )
 from .manifest import Descriptor, Manifest, parse_manifest
-from .names import parse_reference
+from .names import lookup_reference, parse_reference, validate_tags
 from .tags import Tags
 
 
@@ -35,11 +36,19 @@ class StoredManifest:
 
 class ManifestStore:
     def __init__(
-        self, driver: StorageDriver, blobs: BlobStore, tags: Tags, cache_bytes: int
+        self,
+        driver: StorageDriver,
+        blobs: BlobStore,
+        tags: Tags,
+        cache_bytes: int,
+        *,
+        allow_sparse: bool = False,
     ) -> None:
         self.driver = driver
         self.blobs = blobs
         self.tags = tags
+        # validation.manifests.allow_sparse: absent referenced blobs and children are accepted.
+        self.allow_sparse = allow_sparse
         # digest → parsed manifest; bodies are immutable, so this never goes stale.
         self._cache: LRUCache[Digest, StoredManifest] = LRUCache(cache_bytes)
 
@@ -64,7 +73,7 @@ class ManifestStore:
         return True
 
     async def get(self, name: str, reference: str) -> StoredManifest:
-        ref = parse_reference(reference)
+        ref = lookup_reference(reference)
         if isinstance(ref, Digest):
             if not await self.has_revision(name, ref):
                 raise ManifestUnknown(f"manifest unknown: {name}@{ref}")
@@ -75,9 +84,22 @@ class ManifestStore:
         return await self.load(digest)
 
     async def put(
-        self, name: str, reference: str, body: bytes, content_type: str | None
-    ) -> StoredManifest:
+        self,
+        name: str,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+        tags: Iterable[str] = (),
+    ) -> tuple[StoredManifest, list[str]]:
+        """Store a manifest; returns it and the tags created from ``tags``.
+
+        ``tags`` are the spec's ``tag`` query parameters: honoured for a push by digest (each
+        validated before anything is written), ignored for a push by tag, where the spec gives
+        them no meaning (no ``OCI-Tag`` header then tells the client to push them itself).
+        """
         ref = parse_reference(reference)
+        extra = validate_tags(tags) if isinstance(ref, Digest) else []
+        tagged = extra if isinstance(ref, Digest) else [ref]
         algorithm = ref.algorithm if isinstance(ref, Digest) else "sha256"
         digest = Digest(algorithm, hashlib.new(algorithm, body).hexdigest())
         if isinstance(ref, Digest) and ref != digest:
@@ -88,26 +110,27 @@ class ManifestStore:
         # Content first, then the links that make it visible: a crash in between leaves only
         # unreferenced content for garbage collection, never a link to nothing.
         await self.blobs.put_content(digest, body)
-        revision = self.driver.put(paths.revision_link(name, digest), str(digest).encode())
-        if isinstance(ref, Digest):
-            await revision
-        else:
-            # The revision and the tag's index entry are independent; the tag moves last.
-            await asyncio.gather(revision, self.tags.record(name, ref, digest))
-            await self.tags.point(name, ref, digest)
+        # The revision and the tags' index entries are independent; the tags move last.
+        await asyncio.gather(
+            self.driver.put(paths.revision_link(name, digest), str(digest).encode()),
+            *(self.tags.record(name, tag, digest) for tag in tagged),
+        )
+        await asyncio.gather(*(self.tags.point(name, tag, digest) for tag in tagged))
         stored = StoredManifest(digest, body, manifest)
         self._cache.put(digest, stored, len(body) + 512)
-        return stored
+        return stored, extra
 
     async def _verify_references(self, name: str, manifest: Manifest) -> None:
         # reserve() (fresh, never the size cache) before the link checks: a blob or child that
-        # passes here survives any concurrent GC (docs/gc.md).
+        # passes here survives any concurrent GC (docs/gc.md). With allow_sparse, what is
+        # absent from the repository is skipped; what is present is reserved and checked all
+        # the same.
         async def check_blob(desc: Descriptor) -> str | None:
             size, linked = await asyncio.gather(
                 self.blobs.reserve(desc.digest), self.blobs.is_linked(name, desc.digest)
             )
             if size is None or not linked:
-                return f"blob unknown: {desc.digest}"
+                return None if self.allow_sparse else f"blob unknown: {desc.digest}"
             if size != desc.size:
                 return f"size of {desc.digest} is {size}, not {desc.size}"
             return None
@@ -117,7 +140,7 @@ class ManifestStore:
                 name, desc.digest
             ):
                 return None
-            return f"manifest unknown: {desc.digest}"
+            return None if self.allow_sparse else f"manifest unknown: {desc.digest}"
 
         checks = [check_blob(d) for d in manifest.blob_references()]
         checks += [check_child(d) for d in manifest.manifests]
@@ -129,14 +152,14 @@ class ManifestStore:
             raise ManifestBlobUnknown(problems[0], detail=problems[:20])
 
     async def delete(self, name: str, reference: str) -> None:
-        ref = parse_reference(reference)
+        ref = lookup_reference(reference)
         if not isinstance(ref, Digest):
             await self.tags.delete(name, ref)
             return
         if not await self.has_revision(name, ref):
             raise ManifestUnknown(f"manifest unknown: {name}@{ref}")
         for tag in await self.tags.pointing_at(name, ref):
-            await self.driver.delete(paths.tag_dir(name, tag))
+            await self.driver.delete_tree(paths.tag_dir(name, tag))
         await self.driver.delete(paths.revision_link(name, ref))
 
 

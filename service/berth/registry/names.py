@@ -8,9 +8,10 @@ escape the storage root.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from .digest import Digest
-from .errors import NameInvalid, TagInvalid
+from .errors import ManifestUnknown, NameInvalid, TagInvalid
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
@@ -30,12 +31,32 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
+def validate_tags(tags: Iterable[str]) -> list[str]:
+    """Each tag validated (TAG_INVALID for the first bad one), duplicates dropped, order kept."""
+    return list(dict.fromkeys(validate_tag(tag) for tag in tags))
+
+
 def is_digest_reference(reference: str) -> bool:
+    """Digest-shaped: a tag can never contain ':', so anything with one is a digest or invalid."""
     return ":" in reference
 
 
 def parse_reference(reference: str) -> str | Digest:
-    """A manifest reference is a digest (contains ':') or a tag."""
+    """A manifest reference is a digest (contains ':') or a tag.
+
+    DIGEST_INVALID for a malformed digest, TAG_INVALID for anything else that is not a tag.
+    """
     if is_digest_reference(reference):
         return Digest.parse(reference)
     return validate_tag(reference)
+
+
+def lookup_reference(reference: str) -> str | Digest:
+    """A reference to look up (GET, HEAD, DELETE): one that is neither a tag nor digest-shaped
+    cannot name anything, so it is MANIFEST_UNKNOWN (404), as clients and Distribution expect;
+    a malformed digest stays DIGEST_INVALID."""
+    if is_digest_reference(reference):
+        return Digest.parse(reference)
+    if not TAG_RE.fullmatch(reference):
+        raise ManifestUnknown(f"manifest unknown: {reference[:200]!r} is not a tag or digest")
+    return reference

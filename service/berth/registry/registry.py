@@ -21,7 +21,13 @@ class Registry:
         self.settings = settings
         self.blobs = BlobStore(driver, settings.cache.blob_descriptors)
         self.tags = Tags(driver)
-        self.manifests = ManifestStore(driver, self.blobs, self.tags, settings.cache.manifest_bytes)
+        self.manifests = ManifestStore(
+            driver,
+            self.blobs,
+            self.tags,
+            settings.cache.manifest_bytes,
+            allow_sparse=settings.validation.manifests.allow_sparse,
+        )
         self.uploads = Uploads(driver, self.blobs)
         self.referrers = Referrers(driver, self.manifests, settings.cache.blob_descriptors)
 
