@@ -1,18 +1,35 @@
-"""Fixtures for registry tests through the ASGI app (no network, no server process)."""
+"""Fixtures for registry tests through the ASGI app (no network, no server process).
+
+Distribution's ``testsuites`` pattern: every registry-level test that takes ``client`` (or
+``backend``) runs once per storage driver: the filesystem, S3 on moto and S3 on a real
+SeaweedFS server (which checks signatures). A test that inspects files under ``storage_root``
+runs on the filesystem only; to inspect storage on every driver, take ``storage`` (a driver on
+the same storage, another replica's view) instead.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+import s3_servers
 from berth.app import create_app
 from berth.config import Settings
+from berth.storage.driver import StorageDriver
+from berth.storage.factory import create_driver
+
+DRIVERS = ("filesystem", "moto", "seaweedfs")
+PART = 5 * 1024 * 1024  # the S3 minimum, so multipart paths run with little data
 
 
 def make_settings(root: Path, **storage: Any) -> Settings:
@@ -22,17 +39,90 @@ def make_settings(root: Path, **storage: Any) -> Settings:
     )
 
 
+@dataclass
+class Backend:
+    """One storage location on one driver kind, and apps and drivers over it."""
+
+    kind: str
+    root: Path  # the filesystem driver's root
+    s3: s3_servers.S3Server | None = None
+    prefix: str = ""
+
+    def settings(self, **storage: Any) -> Settings:
+        if self.s3 is None:
+            return make_settings(self.root, **storage)
+        s3 = self.s3.settings(root_directory=self.prefix, part_size=PART)
+        s3.update(storage.pop("s3", {}))
+        return Settings(
+            storage={"driver": "s3", "s3": s3, **storage},
+            observability={"access_log": False},
+        )
+
+    @contextlib.asynccontextmanager
+    async def driver(self, **storage: Any) -> AsyncIterator[StorageDriver]:
+        """A started driver on this storage (each one is another replica's view)."""
+        driver = create_driver(self.settings(**storage))
+        await driver.start()
+        try:
+            yield driver
+        finally:
+            await driver.close()
+
+    @contextlib.asynccontextmanager
+    async def app(self, settings: Settings | None = None, **storage: Any) -> AsyncIterator[FastAPI]:
+        """An app on this storage with its driver started (ASGITransport runs no lifespan)."""
+        settings = settings or self.settings(**storage)
+        driver = create_driver(settings)
+        await driver.start()
+        try:
+            yield create_app(settings, driver=driver)
+        finally:
+            await driver.close()
+
+    @contextlib.asynccontextmanager
+    async def client(
+        self, settings: Settings | None = None, **storage: Any
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        async with self.app(settings, **storage) as app:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://registry") as c:
+                yield c
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    # A test that reads files under storage_root can only mean the filesystem driver.
+    kinds = ["filesystem"] if "storage_root" in metafunc.fixturenames else list(DRIVERS)
+    metafunc.parametrize("backend", kinds, indirect=True)
+
+
 @pytest.fixture
 def storage_root(tmp_path: Path) -> Path:
     return tmp_path / "registry"
 
 
 @pytest.fixture
-async def client(storage_root: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(make_settings(storage_root))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://registry") as c:
+def backend(request: pytest.FixtureRequest, tmp_path: Path, no_ca_bundle: None) -> Backend:
+    kind = request.param
+    root = tmp_path / "registry"
+    if kind == "filesystem":
+        return Backend(kind, root)
+    server = request.getfixturevalue(f"{kind}_server")
+    return Backend(kind, root, server, f"t-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+async def client(backend: Backend) -> AsyncIterator[httpx.AsyncClient]:
+    async with backend.client(redirect=False) as c:
         yield c
+
+
+@pytest.fixture
+async def storage(backend: Backend) -> AsyncIterator[StorageDriver]:
+    """The client's storage, through a driver of its own."""
+    async with backend.driver() as driver:
+        yield driver
 
 
 def sha256(data: bytes) -> str:

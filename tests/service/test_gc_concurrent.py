@@ -83,6 +83,14 @@ class JitterDriver(StorageDriver):
         await self._pause()
         await self.inner.delete(key)
 
+    async def delete_tree(self, prefix: str) -> None:
+        await self._pause()
+        await self.inner.delete_tree(prefix)
+
+    async def create(self, key: str, data: bytes) -> None:
+        await self._pause()
+        await self.inner.create(key, data)
+
     async def move(self, src: str, dst: str) -> None:
         await self._pause()
         await self.inner.move(src, dst)

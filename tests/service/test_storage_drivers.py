@@ -31,30 +31,10 @@ MiB = 1024 * 1024
 PART = 5 * MiB  # the S3 minimum, so multipart paths run with little data
 
 
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[s3_servers.S3Server]:
-    server = s3_servers.start_moto()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def seaweedfs_server() -> Iterator[s3_servers.S3Server]:
-    server = s3_servers.require_seaweedfs()
-    yield server
-    server.stop()
-
-
 def s3_settings(server: s3_servers.S3Server, **overrides: Any) -> S3Settings:
     base: dict[str, Any] = {"root_directory": f"t-{uuid.uuid4().hex[:12]}", "part_size": PART}
     base.update(overrides)
     return S3Settings(**server.settings(**base))
-
-
-@pytest.fixture
-def no_ca_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
-    # These machines set AWS_CA_BUNDLE; the endpoints here are plain http: make it explicit.
-    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
 
 
 async def _s3(server: s3_servers.S3Server, **overrides: Any) -> StorageDriver:
@@ -110,9 +90,10 @@ async def test_put_get_stat(driver: StorageDriver) -> None:
     await driver.put("a/b/c", b"hello")
     assert await driver.get("a/b/c") == b"hello"
     info = await driver.stat("a/b/c")
-    assert (info.size, info.is_dir) == (5, False)
+    assert info.size == 5
     assert info.modified > time.time() - 3600
-    assert (await driver.stat("a/b")).is_dir
+    with pytest.raises(PathNotFound):  # a directory is not an object
+        await driver.stat("a/b")
     await driver.put("a/b/c", b"second")  # overwrite: the new object, whole
     assert await driver.get("a/b/c") == b"second"
 
@@ -161,15 +142,54 @@ async def test_list_many(driver: StorageDriver) -> None:
 async def test_delete(driver: StorageDriver) -> None:
     for key in ("d/a/1", "d/a/2/link", "d/b/3", "d/keep"):
         await driver.put(key, b"x")
-    await driver.delete("d/a")
+    await driver.delete("d/a")  # a directory is not an object: nothing happens
+    assert await driver.list("d/a") == ["1", "2"]
+    await driver.delete_tree("d/a")
     assert await driver.list("d") == ["b", "keep"]
     with pytest.raises(PathNotFound):
         await driver.list("d/a")
     await driver.delete("d/b/3")  # an object; its now-empty directory goes too
     assert await driver.list("d") == ["keep"]
+    await driver.delete_tree("d/keep")  # an object is not a tree: kept
     assert await driver.get("d/keep") == b"x"
     await driver.delete("d/keep")
     await driver.delete("d/keep")
+    await driver.delete_tree("d/nothing")
+
+
+@pytest.mark.parametrize("name", ["123", "2024", "data", "link", "touch", "startedat", "0"])
+async def test_keys_are_never_interpreted(driver: StorageDriver, name: str) -> None:
+    """Any last component may name a directory or an object: the operation says which."""
+    await driver.put(f"k/{name}/current/link", b"tree")
+    await driver.put(f"k/{name}/index/x/link", b"tree")
+    await driver.put(f"o/{name}", b"object")
+    with pytest.raises(PathNotFound):
+        await driver.stat(f"k/{name}")
+    assert (await driver.stat(f"o/{name}")).size == 6
+    await driver.delete_tree(f"k/{name}")
+    with pytest.raises(PathNotFound):
+        await driver.list(f"k/{name}")
+    await driver.delete(f"o/{name}")
+    with pytest.raises(PathNotFound):
+        await driver.get(f"o/{name}")
+
+
+async def test_create_has_one_winner(driver: StorageDriver) -> None:
+    from berth.storage.driver import AlreadyExists
+
+    results = await asyncio.gather(
+        *(driver.create("claims/one", f"{i}".encode()) for i in range(8)), return_exceptions=True
+    )
+    winners = [i for i, r in enumerate(results) if r is None]
+    assert len(winners) == 1, results
+    assert all(isinstance(r, AlreadyExists) for r in results if r is not None)
+    assert await driver.get("claims/one") == str(winners[0]).encode()
+    await driver.put("claims/one", b"replaced")  # put is unconditional
+    with pytest.raises(AlreadyExists):
+        await driver.create("claims/one", b"again")
+    await driver.delete("claims/one")
+    await driver.create("claims/one", b"after delete")
+    assert await driver.get("claims/one") == b"after delete"
 
 
 async def test_move(driver: StorageDriver) -> None:
@@ -278,7 +298,7 @@ async def test_s3_deleting_upload_dir_aborts_multipart(s3_driver: Any) -> None:
     w = await s3_driver.writer(key, append=True)
     await w.write(os.urandom(PART + 10))
     await w.close()
-    await s3_driver.delete("r/_uploads/gone")
+    await s3_driver.delete_tree("r/_uploads/gone")
     prefix = s3_driver.full_key("r/")
     left = await _raw(s3_driver).list_multipart_uploads(Bucket=s3_driver.bucket, Prefix=prefix)
     assert not left.get("Uploads")
@@ -294,10 +314,17 @@ async def test_s3_root_directory_prefix(s3_driver: Any) -> None:
 
 
 async def test_s3_abort_stale_uploads(s3_driver: Any) -> None:
-    w = await s3_driver.writer("old/data")
-    await w.write(os.urandom(PART))
-    await w.close()
-    assert await s3_driver.abort_stale_uploads(time.time() + 60) >= 1
+    """Only multipart uploads no writer state names: a slow live upload's stays."""
+    for key in ("live/data", "orphan/data"):
+        w = await s3_driver.writer(key)
+        await w.write(os.urandom(PART))
+        await w.close()
+    await s3_driver.delete("orphan/data.berth-mpu")  # as if a crash lost the state
+    assert await s3_driver.abort_stale_uploads(time.time() + 60) == 1
+    w = await s3_driver.writer("live/data", append=True)
+    await w.write(b"more")
+    await w.commit()
+    assert (await s3_driver.stat("live/data")).size == PART + 4
 
 
 # -- presigned URLs (SeaweedFS checks signatures) ------------------------------------------------

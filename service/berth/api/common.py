@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,7 +13,9 @@ from starlette.routing import Route
 
 from ..registry.errors import RegistryError, SizeInvalid
 from ..registry.registry import Registry
-from ..storage.driver import StorageUnavailable
+from ..storage.driver import StorageError, StorageUnavailable
+
+log = logging.getLogger("berth.api")
 
 
 def registry(request: Request) -> Registry:
@@ -51,6 +54,16 @@ async def unavailable_handler(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=503, headers=headers)
 
 
+async def storage_error_handler(request: Request, exc: Exception) -> Response:
+    """A store failure retrying cannot fix (credentials, a bucket policy): the operator's
+    problem, logged with its cause; the client gets the envelope, never a traceback."""
+    log.error("storage error on %s %s: %s", request.method, request.url.path, exc)
+    if request.method == "HEAD":
+        return Response(status_code=500)
+    body = error_body("UNKNOWN", "the storage backend refused the request", type(exc).__name__)
+    return JSONResponse(body, status_code=500)
+
+
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = "UNSUPPORTED" if exc.status_code == 405 else "NOT_FOUND"
@@ -62,6 +75,7 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     RegistryError: registry_error_handler,
     StorageUnavailable: unavailable_handler,
+    StorageError: storage_error_handler,
     StarletteHTTPException: http_error_handler,
 }
 

@@ -162,8 +162,6 @@ async def take_inventory(
         async with sem:
             count = 0
             async for info in driver.walk(prefix):
-                if info.is_dir:
-                    continue
                 add(inv, info)
                 count += 1
                 if count % 1000 == 0 and on_objects:

@@ -60,7 +60,7 @@ async def cancel_upload(driver: StorageDriver, repo: str, upload_id: str) -> Non
     with contextlib.suppress(PathNotFound, FileNotFoundError):
         writer = await driver.writer(data, append=True)
         await writer.cancel()
-    await driver.delete(paths.upload_dir(repo, upload_id))
+    await driver.delete_tree(paths.upload_dir(repo, upload_id))
 
 
 async def purge_uploads(
@@ -95,10 +95,9 @@ async def purge_uploads(
     await asyncio.gather(*(one(u) for u in inv.uploads.values()))
     # Multipart uploads no session names any more (a crash between abort and delete, or
     # writers outside _uploads): drivers that have them abort those started before the cut-off.
-    abort_stale = getattr(driver, "abort_stale_uploads", None)
-    if abort_stale is not None and not dry_run:
+    if not dry_run:
         try:
-            stats.multipart_aborted = await abort_stale(cutoff)
+            stats.multipart_aborted = await driver.abort_stale_uploads(cutoff)
         except Exception as exc:
             stats.errors.append(f"aborting stale multipart uploads: {exc}")
     stats.purged.sort()

@@ -190,7 +190,7 @@ class Sweeper:
         if unit.delete_data:
             if not in_time():
                 raise TimeoutError("sweep deadline passed; the next run finishes this digest")
-            await self.driver.delete(paths.blob_dir(d))
+            await self.driver.delete_tree(paths.blob_dir(d))
             if unit.data is not None:
                 self.stats.blobs_deleted += 1
                 self.stats.bytes_deleted += unit.data.size

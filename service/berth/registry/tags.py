@@ -35,7 +35,7 @@ class Tags:
             await self.driver.stat(paths.tag_current_link(name, tag))
         except PathNotFound:
             raise ManifestUnknown(f"manifest unknown: {name}:{tag}") from None
-        await self.driver.delete(paths.tag_dir(name, tag))
+        await self.driver.delete_tree(paths.tag_dir(name, tag))
 
     async def all(self, name: str) -> list[str]:
         """Every tag of the repository, sorted; NAME_UNKNOWN if the repository does not exist.

@@ -71,27 +71,18 @@ class Uploads:
 
     async def status(self, name: str, upload_id: str) -> UploadStatus:
         await self._require(name, upload_id)
-        try:
-            writer = await self.driver.writer(paths.upload_data(name, upload_id), append=True)
-        except WriterBusy:
-            # A chunk is being written right now: report what has reached storage so far.
-            return UploadStatus(upload_id, await self._stored_size(name, upload_id))
-        offset = writer.size
-        await writer.close()
-        return UploadStatus(upload_id, offset)
+        return UploadStatus(upload_id, await self._stored_size(name, upload_id))
 
     async def _stored_size(self, name: str, upload_id: str) -> int:
-        try:
-            return (await self.driver.stat(paths.upload_data(name, upload_id))).size
-        except PathNotFound:
-            return 0
+        """What has reached storage (opening a writer reads it without writing anything)."""
+        writer = await self._open(name, upload_id)
+        await writer.close()
+        return writer.size
 
     async def _open(self, name: str, upload_id: str) -> FileWriter:
-        """The session's data, exclusively: a concurrent chunk for the same session is refused."""
-        try:
-            return await self.driver.writer(paths.upload_data(name, upload_id), append=True)
-        except WriterBusy:
-            raise await self._busy(name, upload_id) from None
+        """The session's data. Exclusive once written to: a concurrent chunk for the same
+        session gets WriterBusy from ``write`` or ``close``, never interleaved bytes."""
+        return await self.driver.writer(paths.upload_data(name, upload_id), append=True)
 
     async def _busy(self, name: str, upload_id: str) -> RangeInvalid:
         offset = await self._stored_size(name, upload_id)
@@ -125,7 +116,10 @@ class Uploads:
                     f"chunk starts at {content_range[0]}, upload is at {start}",
                     headers=_range_headers(start),
                 )
-            hasher = await self._resume_hasher(name, upload_id, DEFAULT_ALGORITHM, start)
+            # Only a state saved at exactly this offset: the bytes of an unfinished upload are
+            # not readable on every store (S3 shows them only once committed). Without one (a
+            # failed chunk, no OpenSSL state API) hashing waits for ``complete``.
+            hasher = await self._saved_hasher(name, upload_id, DEFAULT_ALGORITHM, start)
             if content_range is not None:
                 body = _exactly(body, content_range[1] - content_range[0] + 1)
             await _copy(body, writer, hasher)
@@ -140,7 +134,8 @@ class Uploads:
             await writer.close()
         except WriterBusy:
             raise await self._busy(name, upload_id) from None
-        await self._save_state(name, upload_id, hasher, start, writer.size)
+        if hasher is not None:
+            await self._save_state(name, upload_id, hasher, start, writer.size)
         return UploadStatus(upload_id, writer.size)
 
     async def complete(
@@ -166,15 +161,15 @@ class Uploads:
         data_key = paths.upload_data(name, upload_id)
         writer = await self._open(name, upload_id)
         size = writer.size
+        saved = await self._saved_hasher(name, upload_id, digest.algorithm, size)
         try:
-            hasher = await self._saved_hasher(name, upload_id, digest.algorithm, size)
-            if hasher is None:
-                # No saved state at this offset (another algorithm, or a crash mid-chunk): commit
-                # first, because an object store can only read the bytes back once committed.
-                await writer.commit()
-                hasher = await self._resume_hasher(name, upload_id, digest.algorithm, size)
-            else:
-                await writer.commit()
+            await writer.commit()
+        except WriterBusy:  # another chunk is being written: that writer keeps the session
+            raise await self._busy(name, upload_id) from None
+        try:
+            # No state saved at this offset (sha512, a failed chunk, no OpenSSL state API):
+            # hash the committed bytes, which every store can read back now.
+            hasher = saved or await self._resume_hasher(name, upload_id, digest.algorithm, size)
             if hasher.hexdigest() != digest.hex:
                 raise DigestInvalid(f"content does not match digest {digest}")
         except BaseException:
@@ -189,34 +184,32 @@ class Uploads:
             try:
                 await self.driver.move(data_key, paths.blob_data(digest))
             except WriterBusy:
-                await self.driver.delete(paths.upload_dir(name, upload_id))
+                await self.driver.delete_tree(paths.upload_dir(name, upload_id))
                 raise BlobUploadInvalid(
                     "a chunk for this upload arrived while it was being completed"
                 ) from None
             self.blobs.forget(digest)
             moved = await self.blobs.reserve(digest)
             if moved is None:  # a GC removed it right after the move
-                await self.driver.delete(paths.upload_dir(name, upload_id))
+                await self.driver.delete_tree(paths.upload_dir(name, upload_id))
                 raise BlobUploadInvalid("the blob was garbage-collected during the upload; retry")
             if moved != size:
                 # A concurrent chunk slipped in between the commit and the move: the content
                 # no longer matches the verified digest, so it must not stay under it.
-                await self.driver.delete(paths.blob_dir(digest))
+                await self.driver.delete_tree(paths.blob_dir(digest))
                 self.blobs.forget(digest)
-                await self.driver.delete(paths.upload_dir(name, upload_id))
+                await self.driver.delete_tree(paths.upload_dir(name, upload_id))
                 raise BlobUploadInvalid("a chunk for this upload arrived while it was completing")
         await self.blobs.link(name, digest)
-        await self.driver.delete(paths.upload_dir(name, upload_id))
+        await self.driver.delete_tree(paths.upload_dir(name, upload_id))
         return size
 
     async def cancel(self, name: str, upload_id: str) -> None:
         await self._require(name, upload_id)
-        try:
-            writer = await self.driver.writer(paths.upload_data(name, upload_id), append=True)
+        writer = await self._open(name, upload_id)
+        with contextlib.suppress(WriterBusy):  # a chunk in flight loses its session anyway
             await writer.cancel()
-        except WriterBusy:
-            pass  # a chunk in flight loses its session; deleting the directory is enough
-        await self.driver.delete(paths.upload_dir(name, upload_id))
+        await self.driver.delete_tree(paths.upload_dir(name, upload_id))
 
     async def _complete_small(
         self, name: str, upload_id: str, digest: Digest, data: bytes
@@ -233,7 +226,7 @@ class Uploads:
         try:
             return await self._put_small(name, digest, data)
         finally:
-            await self.driver.delete(paths.upload_dir(name, upload_id))
+            await self.driver.delete_tree(paths.upload_dir(name, upload_id))
 
     async def _put_small(self, name: str, digest: Digest, data: bytes) -> int:
         actual = await asyncio.to_thread(lambda: hashlib.new(digest.algorithm, data).hexdigest())
@@ -332,17 +325,23 @@ async def _exactly(body: AsyncIterable[bytes], length: int) -> AsyncIterator[byt
         raise SizeInvalid(f"chunk is {seen} bytes, its Content-Range says {length}")
 
 
-async def _copy(body: AsyncIterable[bytes], writer: FileWriter, hasher: Hasher) -> None:
-    """Stream ``body`` into ``writer`` and ``hasher`` in bounded steps, hashing while writing."""
+async def _copy(body: AsyncIterable[bytes], writer: FileWriter, hasher: Hasher | None) -> None:
+    """Stream ``body`` into ``writer`` (and ``hasher``) in bounded steps, hashing while writing."""
     buffer = bytearray()
     async for chunk in body:
         buffer += chunk
         if len(buffer) >= BUFFER_SIZE:
             data = bytes(buffer)
             buffer.clear()
-            await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+            await _write(writer, hasher, data)
     if buffer:
-        data = bytes(buffer)
+        await _write(writer, hasher, bytes(buffer))
+
+
+async def _write(writer: FileWriter, hasher: Hasher | None, data: bytes) -> None:
+    if hasher is None:
+        await writer.write(data)
+    else:
         await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
 
 

@@ -1,7 +1,11 @@
 """The storage driver interface: every driver (filesystem, s3) implements exactly this.
 
-Keys are ``/``-separated paths relative to the driver's root, always built by ``paths`` from
-validated names and digests. A "directory" is any key prefix that has objects below it.
+Keys are ``/``-separated paths relative to the driver's root, built by the caller (the
+registry uses ``paths``). A "directory" is any key prefix that has objects below it. A driver
+never interprets a key: whether a call means one object or a tree is said by the operation
+(``delete`` or ``delete_tree``), never guessed from the key's shape.
+
+Every failure of the backing store surfaces as a ``StorageError`` subclass.
 """
 
 from __future__ import annotations
@@ -11,7 +15,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 
-class PathNotFound(Exception):
+class StorageError(Exception):
+    """Base of every error a driver raises."""
+
+
+class PathNotFound(StorageError):
     """The key (or, for ``list``, the prefix) does not exist."""
 
     def __init__(self, key: str) -> None:
@@ -19,12 +27,24 @@ class PathNotFound(Exception):
         self.key = key
 
 
-class WriterBusy(Exception):
+class WriterBusy(StorageError):
     """Another writer (in this process or another replica) holds the object open for append."""
 
 
-class StorageUnavailable(Exception):
-    """The backing store could not be reached (after the driver's own retries)."""
+class AlreadyExists(StorageError):
+    """``create`` found an object under the key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+class StorageUnavailable(StorageError):
+    """The backing store could not be reached, or kept failing (after the driver's retries)."""
+
+
+class StorageRefused(StorageError):
+    """The store refused a request for a reason retrying cannot fix (credentials, a policy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +52,15 @@ class ObjectInfo:
     key: str
     size: int
     modified: float  # seconds since the epoch
-    is_dir: bool = False
 
 
 class FileWriter(ABC):
     """An appendable object under construction, invisible to readers until ``commit``.
 
     ``close`` keeps what was written so another process may reopen the writer with
-    ``append=True`` and continue; ``cancel`` throws it away.
+    ``append=True`` and continue; ``cancel`` throws it away. Bytes written before a failed
+    ``write`` are kept or dropped as a whole buffer, never partly: ``size`` after ``close`` is
+    what a later writer continues from.
     """
 
     size: int
@@ -69,8 +90,16 @@ class StorageDriver(ABC):
         """Write atomically: readers see the old object or the new one, never a part."""
 
     @abstractmethod
+    async def create(self, key: str, data: bytes) -> None:
+        """Write atomically only if no object exists under ``key`` (else ``AlreadyExists``).
+
+        One winner among concurrent creators, on every replica: the building block for
+        leases, claims and queues (S3 ``If-None-Match: *``, ``O_EXCL``-like ``link`` on disk).
+        """
+
+    @abstractmethod
     async def stat(self, key: str) -> ObjectInfo:
-        """Size and modification time of an object, or of a directory (size 0)."""
+        """Size and modification time of an object (a directory is not one: PathNotFound)."""
 
     @abstractmethod
     def read(self, key: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
@@ -86,7 +115,12 @@ class StorageDriver(ABC):
 
     @abstractmethod
     async def delete(self, key: str) -> None:
-        """Delete an object or a whole directory; a missing key is not an error."""
+        """Delete one object; a missing one is not an error."""
+
+    @abstractmethod
+    async def delete_tree(self, prefix: str) -> None:
+        """Delete every object below the directory ``prefix`` (and abort writers in progress
+        there); a missing directory is not an error. An object named ``prefix`` is kept."""
 
     @abstractmethod
     async def move(self, src: str, dst: str) -> None:
@@ -96,8 +130,9 @@ class StorageDriver(ABC):
     async def writer(self, key: str, append: bool = False) -> FileWriter:
         """Start (or, with ``append``, continue) an object written in pieces.
 
-        An appending writer is exclusive where the store can enforce it: a second one raises
-        ``WriterBusy`` until the first is closed, so two chunks can never interleave.
+        Appending writers are exclusive: while one is writing, another's ``write`` or
+        ``close`` raises ``WriterBusy``, so two chunks can never interleave or overwrite each
+        other. Opening never waits or fails on a busy object, so ``size`` can be read any time.
         """
 
     async def redirect_url(self, key: str, expires_in: int) -> str | None:
@@ -106,6 +141,11 @@ class StorageDriver(ABC):
 
     async def start(self) -> None:
         """Open clients and connection pools (called once at start-up)."""
+
+    async def abort_stale_uploads(self, older_than: float) -> int:
+        """Abort the store's own unfinished uploads (S3 multipart uploads) begun before
+        ``older_than`` (epoch seconds); returns how many. Stores without such uploads: 0."""
+        return 0
 
     async def ping(self) -> None:
         """Raise if the store cannot be reached (used by /readyz)."""

@@ -21,7 +21,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .driver import FileWriter, ObjectInfo, PathNotFound, StorageDriver, WriterBusy
+from .driver import (
+    AlreadyExists,
+    FileWriter,
+    ObjectInfo,
+    PathNotFound,
+    StorageDriver,
+    WriterBusy,
+)
 
 READ_CHUNK = 1024 * 1024
 # Reads up to this size are served inline (page-cache hits cost less than a thread hop).
@@ -57,13 +64,17 @@ class FilesystemDriver(StorageDriver):
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(_atomic_write, self._path(key), data)
 
+    async def create(self, key: str, data: bytes) -> None:
+        await asyncio.to_thread(_atomic_create, self._path(key), key, data)
+
     async def stat(self, key: str) -> ObjectInfo:
         try:
             st = os.stat(self._fspath(key))
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFound(key) from None
-        is_dir = stat.S_ISDIR(st.st_mode)
-        return ObjectInfo(key, 0 if is_dir else st.st_size, st.st_mtime, is_dir)
+        if stat.S_ISDIR(st.st_mode):
+            raise PathNotFound(key)
+        return ObjectInfo(key, st.st_size, st.st_mtime)
 
     async def read(
         self, key: str, offset: int = 0, length: int | None = None
@@ -120,14 +131,25 @@ class FilesystemDriver(StorageDriver):
         path = self._path(key)
 
         def _delete() -> None:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+            try:
+                path.unlink()
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return  # no such object (a directory is not one)
             _prune_empty_parents(path.parent, self.root)
 
-        await asyncio.to_thread(_delete)
+        # Unlinking one small file costs microseconds: inline, like the other metadata calls.
+        _delete()
+
+    async def delete_tree(self, prefix: str) -> None:
+        path = self._path(prefix)
+
+        def _delete_tree() -> None:
+            if not path.is_dir() or path.is_symlink():
+                return
+            shutil.rmtree(path, ignore_errors=True)
+            _prune_empty_parents(path.parent, self.root)
+
+        await asyncio.to_thread(_delete_tree)
 
     async def move(self, src: str, dst: str) -> None:
         src_path, dst_path = self._path(src), self._path(dst)
@@ -149,49 +171,73 @@ class FilesystemDriver(StorageDriver):
 
     async def writer(self, key: str, append: bool = False) -> FileWriter:
         path = self._path(key)
-
-        def _open() -> _FilesystemWriter:
-            handle = _retry_missing_parent(path, "ab" if append else "wb")
-            if append:
-                # flock is per open file, so it excludes writers in this process and in every
-                # other process on the host sharing the directory.
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    handle.close()
-                    raise WriterBusy(key) from None
-            return _FilesystemWriter(path, handle)
-
-        return await asyncio.to_thread(_open)
+        if not append:
+            handle = await asyncio.to_thread(_retry_missing_parent, path, "wb")
+            return _FilesystemWriter(key, path, handle, 0)
+        try:
+            size = os.stat(self._fspath(key)).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            size = 0
+        # Opened (and locked) at the first write: reading ``size`` creates nothing.
+        return _FilesystemWriter(key, path, None, size)
 
     async def ping(self) -> None:
         await asyncio.to_thread(os.stat, self.root)
 
 
 class _FilesystemWriter(FileWriter):
-    def __init__(self, path: Path, handle: BinaryIO) -> None:
+    def __init__(self, key: str, path: Path, handle: BinaryIO | None, size: int) -> None:
+        self._key = key
         self._path = path
         self._handle = handle
-        self.size = handle.tell()
+        self.size = size
+
+    def _lock(self) -> BinaryIO:
+        """Open for append and take the appenders' lock (flock is per open file, so it excludes
+        writers in this process and in every other process on the host sharing the directory);
+        the file must still be as long as when this writer read its size."""
+        if self._handle is not None:
+            return self._handle
+        handle = _retry_missing_parent(self._path, "ab")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(handle.fileno()).st_size != self.size:
+                raise BlockingIOError  # another writer appended since we looked
+        except BlockingIOError:
+            handle.close()
+            raise WriterBusy(self._key) from None
+        self._handle = handle
+        return handle
 
     async def write(self, data: bytes) -> None:
-        await asyncio.to_thread(self._handle.write, data)
+        def _write() -> None:
+            handle = self._lock()
+            handle.write(data)
+            handle.flush()  # in the file before ``size`` counts it
+
+        await asyncio.to_thread(_write)
         self.size += len(data)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._handle.close)
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            await asyncio.to_thread(handle.close)
 
     async def commit(self) -> None:
         def _commit() -> None:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
+            handle = self._lock()
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+            self._handle = None
 
         await asyncio.to_thread(_commit)
 
     async def cancel(self) -> None:
         def _cancel() -> None:
-            self._handle.close()
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
             with contextlib.suppress(FileNotFoundError):
                 self._path.unlink()
 
@@ -243,6 +289,27 @@ def _atomic_write(path: Path, data: bytes, attempts: int = 5) -> None:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
+
+
+def _atomic_create(path: Path, key: str, data: bytes) -> None:
+    """Write ``data`` to a temporary file, then ``link`` it into place: ``link`` fails when the
+    name exists (unlike ``rename``), so exactly one of concurrent creators wins, and readers
+    never see a partial object."""
+    for attempt in range(5):
+        tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            with _retry_missing_parent(tmp, "wb") as handle:
+                handle.write(data)
+            os.link(tmp, path)
+            return
+        except FileExistsError:
+            raise AlreadyExists(key) from None
+        except FileNotFoundError:
+            if attempt == 4:  # the directory was pruned by a concurrent delete: try again
+                raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 def _prune_empty_parents(directory: Path, root: Path) -> None:

@@ -60,6 +60,17 @@ class TracedDriver(StorageDriver):
     async def delete(self, key: str) -> None:
         await self._call("delete", key, self.inner.delete(key))
 
+    async def delete_tree(self, prefix: str) -> None:
+        await self._call("delete_tree", prefix, self.inner.delete_tree(prefix))
+
+    async def create(self, key: str, data: bytes) -> None:
+        await self._call("create", key, self.inner.create(key, data))
+
+    async def abort_stale_uploads(self, older_than: float) -> int:
+        return await self._call(
+            "abort_stale_uploads", "", self.inner.abort_stale_uploads(older_than)
+        )
+
     async def move(self, src: str, dst: str) -> None:
         await self._call("move", src, self.inner.move(src, dst))
 

@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ...config import S3Settings
 from ..driver import (
+    AlreadyExists,
     FileWriter,
     ObjectInfo,
     PathNotFound,
@@ -38,15 +39,6 @@ READ_CHUNK = 1024 * 1024
 Keys = list[str]  # (inside the class, ``list`` is the driver method)
 COPY_PART = 1024**3
 READ_RESUMES = 3
-# Keys whose last component is one of these are always objects in the registry layout, so a
-# missing one needs no second request to check for a "directory" of that name.
-_LEAF_NAMES = frozenset({"data", "link", "startedat", "touch"})
-
-
-def _is_leaf(key: str) -> bool:
-    """Whether ``key`` names an object (never a directory) in the registry layout."""
-    name = key.rsplit("/", 1)[-1]
-    return name in _LEAF_NAMES or name.isdigit()  # digits: upload hash states
 
 
 def _tune_malloc() -> None:
@@ -224,22 +216,17 @@ class S3Driver(StorageDriver):
         if self._fast is not None:
             return await self._fast.put(full, key or full, data, condition)
         args = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"} if if_none_match else {}
-        try:
-            resp = await call(
-                key or full,
-                self.client.put_object(
-                    Bucket=self.bucket,
-                    Key=full,
-                    Body=data,
-                    ContentLength=len(data),
-                    **self.object_args,
-                    **args,
-                ),
-            )
-        except ClientError as exc:
-            if http_status(exc) == 412 or error_code(exc) == "PreconditionFailed":
-                raise WriterBusy(key or full) from exc
-            raise
+        resp = await call(
+            key or full,
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=full,
+                Body=data,
+                ContentLength=len(data),
+                **self.object_args,
+                **args,
+            ),
+        )
         return str(resp.get("ETag", ""))
 
     async def get_etag(self, full: str, key: str) -> tuple[bytes, str]:
@@ -313,27 +300,19 @@ class S3Driver(StorageDriver):
     async def put(self, key: str, data: bytes) -> None:
         await self.put_full(self.full_key(key), data, key)
 
+    async def create(self, key: str, data: bytes) -> None:
+        try:
+            await self.put_full(self.full_key(key), data, key, if_none_match=True)
+        except WriterBusy:
+            raise AlreadyExists(key) from None
+
     async def stat(self, key: str) -> ObjectInfo:
         full = self.full_key(key)
-        try:
-            if self._fast is not None:
-                reply = await self._fast.head(full, key)
-                modified = parsedate_to_datetime(reply.headers["Last-Modified"]).timestamp()
-                return ObjectInfo(key, int(reply.headers["Content-Length"]), modified)
-            resp = await call(key, self.client.head_object(Bucket=self.bucket, Key=full))
-        except PathNotFound:
-            if _is_leaf(key):
-                raise
-            if self._fast is not None:
-                resp = await self._fast.list_page(f"{full}/", False, max_keys=1)
-            else:
-                resp = await call(
-                    key,
-                    self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{full}/", MaxKeys=1),
-                )
-            if resp.get("KeyCount", 0) or resp.get("Contents"):
-                return ObjectInfo(key, 0, 0.0, True)
-            raise PathNotFound(key) from None
+        if self._fast is not None:
+            reply = await self._fast.head(full, key)
+            modified = parsedate_to_datetime(reply.headers["Last-Modified"]).timestamp()
+            return ObjectInfo(key, int(reply.headers["Content-Length"]), modified)
+        resp = await call(key, self.client.head_object(Bucket=self.bucket, Key=full))
         return ObjectInfo(key, int(resp["ContentLength"]), resp["LastModified"].timestamp())
 
     async def read(
@@ -397,39 +376,30 @@ class S3Driver(StorageDriver):
                 )
 
     async def delete(self, key: str) -> None:
-        """Delete an object and everything below it; abort writers in progress under it."""
         full = self.full_key(key)
-        prune = self.settings.prune_directories
-        parent = full.rsplit("/", 1)[0] if "/" in full[len(self.prefix) + 1 :] else None
-        if _is_leaf(key):
-            # One ordered DeleteObjects: the object, then its directory entry if now empty.
-            await self.delete_full([full, f"{parent}/"] if prune and parent else [full])
-            return
+        parent = full.rsplit("/", 1)[0] if "/" in key.strip("/") else None
+        # One ordered DeleteObjects: the object, then its directory entry if now empty.
+        prune = self.settings.prune_directories and parent
+        await self.delete_full([full, f"{parent}/"] if prune else [full])
 
-        async def below() -> Keys:
-            found: Keys = []
-            async for page in self._list_full(f"{full}/", delimiter=False):
-                found.extend(obj["Key"] for obj in page.get("Contents", []))
-            return found
-
-        async def itself() -> None:
-            await self._delete_one(full, key)
-
-        children = await below()
-        if not children:
-            # Not a directory (or an empty one): maybe an object of that name. A directory's
-            # key is never an object in the registry layout, so this request is skipped there.
-            await itself()
+    async def delete_tree(self, prefix: str) -> None:
+        """Delete everything below ``prefix``; abort the multipart uploads of writers there."""
+        full = self.full_key(prefix)
+        children: Keys = []
+        async for page in self._list_full(f"{full}/", delimiter=False):
+            children.extend(obj["Key"] for obj in page.get("Contents", []))
         for state_key in [k for k in children if k.endswith(STATE_SUFFIX)]:
             with contextlib.suppress(PathNotFound, ValueError, KeyError):
                 state, _ = WriterState.from_bytes(await self.get_full(state_key))
                 if state.upload_id:
                     await self.abort_upload(state_key[: -len(STATE_SUFFIX)], state.upload_id)
-        if children:
-            markers = self._markers(full, children) if prune else []
+        markers: Keys = []
+        if self.settings.prune_directories:
+            markers = self._markers(full, children)
+            if "/" in prefix.strip("/"):
+                markers.append(f"{full.rsplit('/', 1)[0]}/")
+        if children or markers:
             await self.delete_full(children + markers)
-        elif prune and parent:
-            await call(key, self.client.delete_object(Bucket=self.bucket, Key=f"{parent}/"))
 
     def _markers(self, full: str, children: Keys) -> Keys:
         """Directory entries inside a deleted tree, deepest first.
@@ -547,16 +517,27 @@ class S3Driver(StorageDriver):
     # -- maintenance -----------------------------------------------------------------------------
 
     async def abort_stale_uploads(self, older_than: float) -> int:
-        """Abort multipart uploads under the root started before ``older_than`` (epoch s)."""
+        """Abort multipart uploads under the root started before ``older_than`` (epoch s) that
+        no writer state names (a live slow upload's multipart upload can be old: it stays)."""
         aborted = 0
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._dir_prefix("")}
         while True:
             page = await call("", self.client.list_multipart_uploads(**args))
             for upload in page.get("Uploads", []):
-                if upload["Initiated"].timestamp() < older_than:
-                    await self.abort_upload(upload["Key"], upload["UploadId"])
-                    aborted += 1
+                if upload["Initiated"].timestamp() >= older_than:
+                    continue
+                if await self._named_by_writer(upload["Key"], upload["UploadId"]):
+                    continue
+                await self.abort_upload(upload["Key"], upload["UploadId"])
+                aborted += 1
             if not page.get("IsTruncated"):
                 return aborted
             args["KeyMarker"] = page.get("NextKeyMarker")
             args["UploadIdMarker"] = page.get("NextUploadIdMarker")
+
+    async def _named_by_writer(self, full: str, upload_id: str) -> bool:
+        try:
+            state, _ = WriterState.from_bytes(await self.get_full(full + STATE_SUFFIX))
+        except (PathNotFound, ValueError, KeyError):
+            return False
+        return state.upload_id == upload_id

@@ -13,7 +13,7 @@ from typing import TypeVar
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..driver import PathNotFound, StorageUnavailable
+from ..driver import PathNotFound, StorageRefused, StorageUnavailable, WriterBusy
 
 T = TypeVar("T")
 
@@ -28,8 +28,14 @@ UNAVAILABLE_CODES = frozenset(
         "RequestTimeoutException",
         "InternalError",
         "OperationAborted",
+        "TooManyRequests",
+        "RequestLimitExceeded",
+        # The store's clock and ours disagree: nothing to refuse, retry once it settles.
+        "RequestTimeTooSkewed",
     }
 )
+# Statuses worth retrying: throttling and the server's own failures.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 def error_code(exc: ClientError) -> str:
@@ -44,14 +50,22 @@ def is_not_found(exc: ClientError) -> bool:
     return error_code(exc) in NOT_FOUND_CODES or http_status(exc) == 404
 
 
+def classify(status: int, code: str, key: str, message: str = "") -> Exception:
+    """The driver error for a store's answer: HTTP ``status`` and S3 error ``code``."""
+    if code in NOT_FOUND_CODES or status == 404:
+        return PathNotFound(key)
+    if code == "PreconditionFailed" or status == 412:
+        return WriterBusy(key)
+    if code in UNAVAILABLE_CODES or status in RETRY_STATUSES or status >= 500:
+        return StorageUnavailable(f"object store: {code or status} for {key}")
+    return StorageRefused(f"object store: HTTP {status} {code} for {key}: {message}".strip())
+
+
 def translate(exc: BaseException, key: str) -> BaseException:
     """The driver-level exception for a failure of an S3 call on ``key``."""
     if isinstance(exc, ClientError):
-        if is_not_found(exc):
-            return PathNotFound(key)
-        if error_code(exc) in UNAVAILABLE_CODES or http_status(exc) >= 500:
-            return StorageUnavailable(f"object store: {error_code(exc) or http_status(exc)}")
-        return exc
+        message = str(exc.response.get("Error", {}).get("Message", ""))[:200]
+        return classify(http_status(exc), error_code(exc), key, message)
     if isinstance(exc, BotoCoreError | aiohttp.ClientError | TimeoutError | OSError):
         return StorageUnavailable(f"object store unreachable: {type(exc).__name__}: {exc}")
     return exc

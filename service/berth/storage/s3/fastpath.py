@@ -33,10 +33,12 @@ import aiohttp
 from yarl import URL
 
 from ...config import S3Settings
-from ..driver import PathNotFound, StorageUnavailable, WriterBusy
+from ..driver import PathNotFound, StorageUnavailable
+from .errors import RETRY_STATUSES, classify
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
-_RETRY_STATUS = frozenset({500, 502, 503, 504})
+# Error codes that come with a 4xx status but are transient.
+_RETRY_CODES = (b"<Code>RequestTimeout</Code>", b"<Code>RequestTimeTooSkewed</Code>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +201,9 @@ class FastS3:
                     data = b"" if method == "HEAD" else await r.read()
                     if r.status == 404:
                         raise PathNotFound(key)
-                    if r.status in _RETRY_STATUS or (r.status == 400 and b"RequestTimeout" in data):
+                    if r.status in RETRY_STATUSES or (
+                        r.status in (400, 403) and any(c in data for c in _RETRY_CODES)
+                    ):
                         last = f"HTTP {r.status}"
                         continue
                     return Reply(r.status, r.headers, data)
@@ -291,20 +295,22 @@ class FastS3:
         headers = {"content-type": "application/octet-stream", **self._put_headers}
         headers.update(condition or {})
         r = await self.request("PUT", full_key, key, data, headers)
-        if r.status == 412:
-            raise WriterBusy(key)
-        _check(r, key)
+        _check(r, key)  # 412 (a condition failed): WriterBusy
         return str(r.headers.get("ETag", ""))
 
     async def delete(self, full_key: str, key: str) -> None:
         _check(await self.request("DELETE", full_key, key), key)
 
 
-class StoreRefused(RuntimeError):
-    """The store answered with a client error (bad credentials, a policy): not retried."""
-
-
 def _check(r: Reply, key: str) -> None:
-    if r.status >= 300:
-        text = r.body[:300].decode(errors="replace")
-        raise StoreRefused(f"object store: HTTP {r.status} for {key}: {text}")
+    """Raise the driver error for a failed answer (after the retries ``request`` made)."""
+    if r.status < 300:
+        return
+    code = message = ""
+    if r.body.lstrip().startswith(b"<"):
+        try:
+            root = ElementTree.fromstring(r.body)
+            code, message = root.findtext("Code", ""), root.findtext("Message", "")
+        except ElementTree.ParseError:
+            pass
+    raise classify(r.status, code, key, message[:200])

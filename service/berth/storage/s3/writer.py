@@ -10,6 +10,16 @@ For a writer on key ``K``:
   S3 parts must be at least 5 MiB and, for R2, all of one size except the last; a chunk that
   leaves a remainder is staged there, in storage, so any replica can continue the upload.
 
+Two writers on one session (two replicas given the same upload at once) must not both upload
+part ``n+1`` of one multipart upload: the later part would silently replace the earlier.
+State writes are conditional (``If-Match`` the ETag read), and before a writer adds a part to a
+multipart upload it did not start, it *claims* the state: a conditional write recording its
+token and the time. Another writer that finds a fresh claim (younger than ``CLAIM_SECONDS``)
+raises WriterBusy instead of uploading; a claim left by a crashed process expires. A writer
+renews its claim before each part once a quarter of that time has passed, and ``close``
+releases it. A writer that starts its own multipart upload needs no claim: its parts cannot
+collide, and the loser of the conditional state write aborts its upload.
+
 Memory per open writer is bounded by one part plus one incoming write. ``close`` writes the new
 tail object first, then the state that names it, then deletes the old tail: a crash at any point
 leaves a consistent state (at worst an orphaned tail or part that the next writer overwrites and
@@ -20,13 +30,15 @@ lifecycle rule ``AbortIncompleteMultipartUpload`` catches the rest.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..driver import FileWriter, PathNotFound
+from ..driver import FileWriter, PathNotFound, WriterBusy
 from .errors import call
 
 if TYPE_CHECKING:
@@ -37,6 +49,8 @@ TAIL_INFIX = ".berth-tail-"
 # A tail up to this size travels inside the state object: a small upload then costs one PUT
 # per PATCH and one GET to resume, and its commit is a PutObject from memory.
 INLINE_TAIL_MAX = 1024 * 1024
+# How long a writer's claim on a multipart upload keeps others out if it is never released.
+CLAIM_SECONDS = 120.0
 
 
 def is_internal(name: str) -> bool:
@@ -51,6 +65,11 @@ class WriterState:
     etags: list[str] = field(default_factory=list)
     tail_key: str | None = None  # full bucket key; None with a tail: inline in the state
     tail_size: int = 0
+    claim: str | None = None  # token of the writer adding parts right now
+    claimed_at: float = 0.0  # epoch seconds
+
+    def claimed_by_other(self, token: str, now: float) -> bool:
+        return bool(self.claim) and self.claim != token and now - self.claimed_at < CLAIM_SECONDS
 
     @property
     def size(self) -> int:
@@ -78,6 +97,8 @@ class WriterState:
                 "etags": self.etags,
                 "tail_key": self.tail_key,
                 "tail_size": self.tail_size,
+                "claim": self.claim,
+                "claimed_at": self.claimed_at,
             },
             separators=(",", ":"),
         ).encode()
@@ -91,6 +112,8 @@ class WriterState:
             etags=[str(e) for e in obj.get("etags", [])],
             tail_key=obj.get("tail_key"),
             tail_size=int(obj.get("tail_size", 0)),
+            claim=obj.get("claim"),
+            claimed_at=float(obj.get("claimed_at", 0.0)),
         )
 
 
@@ -151,6 +174,11 @@ class S3Writer(FileWriter):
         self._tail_loaded = state.tail_size == 0 or inline_tail is not None
         self._dirty = False
         self.size = state.size
+        self._token = uuid.uuid4().hex
+        # The multipart upload was started by an earlier writer: adding parts needs a claim.
+        self._shared_upload = state.upload_id is not None
+        self._stored = (state.to_json(), inline_tail or b"")  # what the state object holds
+        self._lost = False  # another writer owns the session: persist nothing more
 
     @property
     def _state_key(self) -> str:
@@ -181,11 +209,53 @@ class S3Writer(FileWriter):
             else:
                 part = self._buffer[:part_size]
                 del self._buffer[:part_size]
-            await self._upload_part(part)  # no bytes() copy: botocore sends a bytearray as is
+            try:
+                await self._upload_part(part)  # no bytes() copy: botocore sends it as is
+            except BaseException:
+                # Keep the bytes: ``size`` and what ``close`` persists stay contiguous.
+                self._buffer[:0] = part
+                raise
             del part
+
+    async def _claim(self) -> None:
+        """Make sure no other writer adds parts to a shared multipart upload while we do."""
+        if not self._shared_upload:
+            return
+        state, now = self._state, time.time()
+        if state.claim == self._token and now - state.claimed_at < CLAIM_SECONDS / 4:
+            return
+        if state.claimed_by_other(self._token, now):
+            self._lost = True  # close must not overwrite the other writer's state
+            raise WriterBusy(self._key)
+        stored = WriterState.from_json(self._stored[0])
+        stored.claim, stored.claimed_at = self._token, now
+        # If-Match: a writer that claimed or closed since we read the state wins, we refuse.
+        try:
+            self._etag = await self._driver.put_full(
+                self._state_key, stored.to_bytes(self._stored[1]), self._key, if_match=self._etag
+            )
+        except WriterBusy:
+            self._lost = True
+            raise
+        self._stored = (stored.to_json(), self._stored[1])
+        state.claim, state.claimed_at = self._token, now
+
+    async def _release(self) -> None:
+        """Give up a claim without other changes (a failed or empty write, a failed commit)."""
+        if self._state.claim != self._token or self._lost:
+            return
+        stored = WriterState.from_json(self._stored[0])
+        stored.claim, stored.claimed_at = None, 0.0
+        with contextlib.suppress(Exception):  # best effort: otherwise it expires
+            self._etag = await self._driver.put_full(
+                self._state_key, stored.to_bytes(self._stored[1]), self._key, if_match=self._etag
+            )
+            self._stored = (stored.to_json(), self._stored[1])
+            self._state.claim, self._state.claimed_at = None, 0.0
 
     async def _upload_part(self, body: bytes | bytearray) -> None:
         client, bucket = self._driver.client, self._driver.bucket
+        await self._claim()
         if self._state.upload_id is None:
             resp = await call(
                 self._key,
@@ -210,7 +280,10 @@ class S3Writer(FileWriter):
 
     async def close(self) -> None:
         """Persist the progress (tail object, then state) so another process can continue."""
+        if self._lost:
+            return
         if not self._dirty:
+            await self._release()
             return
         state = self._state
         new_tail: str | None = None
@@ -221,14 +294,27 @@ class S3Writer(FileWriter):
         elif self._buffer:
             inline = bytes(self._buffer)
         state.tail_key, state.tail_size = new_tail, len(self._buffer)
+        state.claim, state.claimed_at = None, 0.0  # released with the progress
         # Conditional: another writer that closed meanwhile (another replica appending to the
         # same session) makes this fail with WriterBusy instead of silently forking the upload.
-        self._etag = await self._driver.put_full(
-            self._state_key,
-            state.to_bytes(inline),
-            if_match=self._etag if self._persisted and self._etag else None,
-            if_none_match=not self._persisted,
-        )
+        try:
+            self._etag = await self._driver.put_full(
+                self._state_key,
+                state.to_bytes(inline),
+                self._key,
+                if_match=self._etag if self._persisted and self._etag else None,
+                if_none_match=not self._persisted,
+            )
+        except WriterBusy:
+            if not self._shared_upload and state.upload_id is not None:
+                # The multipart upload this writer started is nobody's: the other one won.
+                with contextlib.suppress(Exception):
+                    await self._driver.abort_upload(self._bucket_key, state.upload_id)
+            if new_tail:
+                with contextlib.suppress(Exception):
+                    await self._driver.delete_full([new_tail])
+            raise
+        self._stored = (state.to_json(), inline)
         self._persisted = True
         old, self._old_tail = self._old_tail, new_tail
         if old and old != new_tail:
@@ -258,16 +344,22 @@ class S3Writer(FileWriter):
             await self._load_tail()
             if self._buffer:
                 await self._upload_part(bytes(self._buffer))
+            else:
+                await self._claim()  # no other writer may be adding a part as we complete
             parts = [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(state.etags)]
-            await call(
-                self._key,
-                client.complete_multipart_upload(
-                    Bucket=bucket,
-                    Key=self._bucket_key,
-                    UploadId=state.upload_id,
-                    MultipartUpload={"Parts": parts},
-                ),
-            )
+            try:
+                await call(
+                    self._key,
+                    client.complete_multipart_upload(
+                        Bucket=bucket,
+                        Key=self._bucket_key,
+                        UploadId=state.upload_id,
+                        MultipartUpload={"Parts": parts},
+                    ),
+                )
+            except BaseException:
+                await self._release()  # the upload is intact: let the next writer finish it
+                raise
         self._buffer = bytearray()
         await self._cleanup(abort=False)
 

@@ -1,0 +1,36 @@
+"""Fixtures shared by every test package: one S3 server of each kind per test process.
+
+Each test that uses a server takes a fresh root prefix (or bucket) in it, so tests never see
+each other's objects; starting SeaweedFS costs about a second, so it happens once per worker.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import s3_servers
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[s3_servers.S3Server]:
+    server = s3_servers.start_moto()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_server() -> Iterator[s3_servers.S3Server]:
+    server = s3_servers.require_seaweedfs()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def no_ca_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
+    # These machines set AWS_CA_BUNDLE; the test endpoints are plain http: make it explicit.
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
