@@ -11,11 +11,24 @@ Distribution is served as it is, and Distribution reads what Berth writes::
     docker/registry/v2/repositories/<name>/_uploads/<id>/{data,startedat,hashstates/<alg>/<off>}
 
 Every argument has been validated (names.py, digest.py, upload ids) before it reaches here.
+The drivers never use this module: keys are opaque to them. It lives beside them because it
+*is* the storage format, shared by the registry, GC and tools; it needs nothing from the
+registry layer but a digest's two parts.
 """
 
 from __future__ import annotations
 
-from ..registry.digest import Digest
+from typing import Protocol
+
+
+class Digest(Protocol):
+    """What a key needs of a digest (``berth.registry.digest.Digest`` is one)."""
+
+    @property
+    def algorithm(self) -> str: ...
+
+    @property
+    def hex(self) -> str: ...
 
 ROOT = "docker/registry/v2"
 BLOBS = f"{ROOT}/blobs"
