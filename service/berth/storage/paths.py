@@ -30,6 +30,7 @@ class Digest(Protocol):
     @property
     def hex(self) -> str: ...
 
+
 ROOT = "docker/registry/v2"
 BLOBS = f"{ROOT}/blobs"
 REPOSITORIES = f"{ROOT}/repositories"
