@@ -1,11 +1,10 @@
 """Upload purging: remove upload sessions older than a configured age.
 
 A session's age is its ``startedat`` (Distribution's RFC 3339 timestamp, which Berth writes too),
-else the newest object in it. Each stale session is cancelled through the driver's writer
-(``writer(..., append=True).cancel()``, where the S3 driver aborts the multipart upload behind
-``data``) and then deleted with ``driver.delete`` on its directory (which, on S3, also aborts
-multipart uploads under it). Drivers with ``abort_stale_uploads(older_than)`` (S3) then abort
-any other multipart upload started before the cut-off.
+else the newest object in it. Each stale session is removed with ``driver.delete_tree`` on its
+directory, which also ends what a writer keeps in the store (on S3 it aborts the multipart
+upload the session's state names). ``driver.abort_stale_uploads`` then aborts any other
+multipart upload started before the cut-off that no session names (0 on the filesystem).
 """
 
 from __future__ import annotations
@@ -56,10 +55,7 @@ async def _started(driver: StorageDriver, upload: Upload) -> float:
 
 
 async def cancel_upload(driver: StorageDriver, repo: str, upload_id: str) -> None:
-    data = paths.upload_data(repo, upload_id)
-    with contextlib.suppress(PathNotFound, FileNotFoundError):
-        writer = await driver.writer(data, append=True)
-        await writer.cancel()
+    # delete_tree ends what a writer keeps in the store too (S3: aborts its multipart upload).
     await driver.delete_tree(paths.upload_dir(repo, upload_id))
 
 

@@ -206,9 +206,8 @@ class Uploads:
 
     async def cancel(self, name: str, upload_id: str) -> None:
         await self._require(name, upload_id)
-        writer = await self._open(name, upload_id)
-        with contextlib.suppress(WriterBusy):  # a chunk in flight loses its session anyway
-            await writer.cancel()
+        # The tree's delete also ends a writer's store-side state (S3: aborts its multipart
+        # upload); a chunk in flight loses its session.
         await self.driver.delete_tree(paths.upload_dir(name, upload_id))
 
     async def _complete_small(
