@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,9 @@ from .api.common import EXCEPTION_HANDLERS
 from .auth import install as install_auth
 from .config import Settings
 from .gc.background import Maintenance, config_file_from_environment
+from .observability.health import check_periodically, on_shutdown_signal
 from .observability.logging import configure_logging
+from .observability.metrics import METRICS_DIR_ENV, serve_worker_metrics
 from .observability.middleware import AccessLogMiddleware
 from .observability.telemetry import setup_telemetry
 from .registry.registry import Registry
@@ -38,12 +41,35 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        obs = settings.observability
         await registry.driver.start()
         maintenance = Maintenance(registry.driver, settings, config_file)
         await maintenance.start()
+        background: list[asyncio.Task[None]] = []
+        if obs.storage_check_seconds > 0:
+            check = check_periodically(
+                registry.driver, obs.storage_check_seconds, obs.storage_check_timeout_seconds
+            )
+            background.append(asyncio.create_task(check, name="berth-storage-check"))
+        metrics_dir = os.environ.get(METRICS_DIR_ENV)
+        worker_metrics = None
+        if obs.metrics and obs.metrics_port is not None and metrics_dir:
+            worker_metrics = await serve_worker_metrics(metrics_dir)
+
+        def drain() -> None:
+            app.state.draining = True
+
         try:
-            yield
+            with on_shutdown_signal(drain):
+                yield
+                drain()
         finally:
+            drain()
+            if worker_metrics is not None:
+                worker_metrics.close()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await maintenance.stop()
             await registry.close()
 
@@ -67,11 +93,13 @@ def create_app(
     )
     app.state.registry = registry
     app.state.settings = settings
+    app.state.draining = False
     # Plain Starlette routes, straight onto the app (see api.common.RouteTable).
     # Order matters: the catalog route must win over the ``{name:path}`` routes.
     for module in (base, listing, referrers, uploads, blobs, manifests):
         app.router.routes.extend(module.routes.routes)
-    if settings.observability.metrics:
+    if settings.observability.metrics and settings.observability.metrics_port is None:
+        # With a metrics port, /metrics is served there (cli.py), never on the public port.
         app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     install_auth(app, settings)  # before observability: refused requests are logged too
     if settings.observability.access_log:

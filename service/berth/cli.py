@@ -70,6 +70,8 @@ SERVE_FLAGS: dict[str, str] = {
     "s3_public_endpoint": "storage.s3.public_endpoint_url",
     "redirect": "storage.redirect",
     "log_level": "observability.log_level",
+    "metrics_port": "observability.metrics_port",
+    "shutdown_timeout": "http.shutdown_timeout_seconds",
 }
 SERVE_FLAGS.update(auth_cli.SERVE_FLAGS)
 
@@ -101,9 +103,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "access_log": False,
         "server_header": False,
         "proxy_headers": False,
+        # SIGTERM: stop accepting, let requests in flight (uploads) finish, then exit.
+        "timeout_graceful_shutdown": settings.http.shutdown_timeout_seconds,
     }
     tls = settings.http.tls
     common.update(tls_options(tls.cert_file, tls.key_file, tls.reload_check_seconds))
+    if obs.metrics and obs.metrics_port is not None:
+        _start_metrics_port(settings)
     if settings.http.workers > 1:
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
         if args.config:
@@ -117,6 +123,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         uvicorn.run(create_app(settings, config_file=args.config), **common)
     return 0
+
+
+def _start_metrics_port(settings: Settings) -> None:
+    """Serve /metrics on observability.metrics_port from this (the supervisor) process; with
+    several workers, each scrape gathers every worker's metrics over private Unix sockets."""
+    import tempfile
+
+    from .observability.metrics import (
+        METRICS_DIR_ENV,
+        exposition_source,
+        start_metrics_server,
+    )
+
+    directory = None
+    if settings.http.workers > 1:
+        directory = tempfile.mkdtemp(prefix="berth-metrics-")
+        os.environ[METRICS_DIR_ENV] = directory
+    port = settings.observability.metrics_port
+    assert port is not None
+    start_metrics_server(settings.http.host, port, exposition_source(directory))
 
 
 # `berth gc` takes the same storage settings as `berth serve` (whatever flags map to storage.*).
@@ -154,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (http.port; default 5000)")
     serve.add_argument("--workers", type=int, help="worker processes (http.workers; default 1)")
     serve.add_argument("--log-level", help="log level (observability.log_level; default info)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics on this port, not the API port (observability.metrics_port)",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="after SIGTERM, how long requests in flight may finish "
+        "(http.shutdown_timeout_seconds; default 30)",
+    )
     auth_cli.add_serve_flags(serve)
     serve.set_defaults(func=cmd_serve)
     auth_cli.add_commands(sub)

@@ -42,6 +42,13 @@ class HTTPSettings(_Section):
         description="Public URL of the registry, used for absolute Location headers. "
         "Unset: Location headers are relative paths.",
     )
+    shutdown_timeout_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Graceful shutdown: after SIGTERM the server stops accepting connections, "
+        "`/readyz` answers 503, and requests in flight (uploads) get this long to finish before "
+        "they are cancelled. Keep it below the pod's terminationGracePeriodSeconds.",
+    )
     tls: TLSSettings = TLSSettings()
 
 
@@ -139,6 +146,24 @@ class ObservabilitySettings(_Section):
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
     access_log: bool = Field(True, description="Log every request.")
     metrics: bool = Field(True, description="Expose Prometheus metrics at /metrics.")
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics on this port of http.host instead of the API port (which "
+        "then has no /metrics): keeps metrics off an Ingress, and with http.workers > 1 one "
+        "scrape covers every worker. Unset (the default, handy on a workstation): /metrics is "
+        "on the API port and shows the answering worker only. The operator sets 9090.",
+    )
+    storage_check_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How often each process checks that storage answers (the "
+        "berth_storage_up gauge); /healthz/storage checks on demand. 0: on demand only.",
+    )
+    storage_check_timeout_seconds: float = Field(
+        10.0, gt=0, description="A storage health check slower than this counts as failed."
+    )
     tracing: bool = Field(
         False,
         description="Record OpenTelemetry spans (exported by OTLP when "

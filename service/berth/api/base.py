@@ -1,10 +1,19 @@
-"""``GET /v2/`` (API version check) and the health endpoints."""
+"""``GET /v2/`` (API version check) and the health endpoints.
+
+* ``/healthz``: the process is alive.
+* ``/readyz``: the process serves and is not draining (503 once shutdown has begun). It does not
+  depend on storage: an object-store outage must not empty the Service of every replica.
+* ``/healthz/storage``: storage answers (a bounded ``ping``); also sets the ``berth_storage_up``
+  gauge. The operator probes it through the Service for the Registry's ``StorageAvailable``
+  condition.
+"""
 
 from __future__ import annotations
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from ..observability.health import check_storage
 from .common import RouteTable, error_body, registry
 
 routes = RouteTable()
@@ -23,9 +32,17 @@ async def healthz(request: Request) -> Response:
 
 @routes.route("/readyz", ["GET"])
 async def readyz(request: Request) -> Response:
-    try:
-        await registry(request).driver.ping()
-    except Exception as exc:  # any failure means "not ready"; the reason goes to the body
-        body = error_body("UNAVAILABLE", "storage is not reachable", type(exc).__name__)
+    if getattr(request.app.state, "draining", False):
+        body = error_body("UNAVAILABLE", "the server is shutting down", None)
         return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+@routes.route("/healthz/storage", ["GET"])
+async def storage_health(request: Request) -> Response:
+    settings = request.app.state.settings.observability
+    error = await check_storage(registry(request).driver, settings.storage_check_timeout_seconds)
+    if error is not None:
+        body = error_body("UNAVAILABLE", "storage is not reachable", error)
+        return JSONResponse(body, status_code=503)
+    return JSONResponse({"status": "ok"})
