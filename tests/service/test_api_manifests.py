@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from berth.storage.driver import PathNotFound, StorageDriver
 
 from .conftest import error_code, push_blob, push_image, sha256
 
@@ -110,7 +111,7 @@ async def test_index_with_unknown_child_is_rejected(client: httpx.AsyncClient) -
 
 
 async def test_manifest_with_missing_blob_is_rejected(
-    client: httpx.AsyncClient, storage_root: Path
+    client: httpx.AsyncClient, storage: StorageDriver
 ) -> None:
     config = await push_blob(client, "app", b"{}")
     manifest = {
@@ -132,7 +133,8 @@ async def test_manifest_with_missing_blob_is_rejected(
     r = await put_json(client, "app", "latest", manifest, OCI_MANIFEST)
     assert r.status_code == 400
     assert error_code(r) == "MANIFEST_BLOB_UNKNOWN"
-    assert not (storage_root / "docker/registry/v2/repositories/app/_manifests").exists()
+    with pytest.raises(PathNotFound):  # nothing at all was written under _manifests
+        await storage.list("docker/registry/v2/repositories/app/_manifests")
 
 
 async def test_manifest_with_wrong_blob_size_is_invalid(client: httpx.AsyncClient) -> None:
