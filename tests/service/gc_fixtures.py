@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import math
 import os
 import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +18,9 @@ import httpx
 from berth.gc.report import Report
 from berth.gc.run import GCOptions, collect_garbage
 from berth.gc.verify import find_problems
-from berth.storage.driver import StorageDriver
+from berth.registry.digest import Digest
+from berth.storage import paths
+from berth.storage.driver import FileWriter, ObjectInfo, StorageDriver
 from berth.storage.filesystem import FilesystemDriver
 
 from .conftest import push_blob, push_image, sha256
@@ -127,6 +134,202 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
                 continue
             out[str(p.relative_to(root))] = (p.stat().st_mtime_ns, p.read_bytes())
     return out
+
+
+# -- counting requests ---------------------------------------------------------------------------
+
+S3_PAGE = 1000  # keys per ListObjectsV2 page and per DeleteObjects request
+
+
+def _pages(n: int) -> int:
+    return max(1, math.ceil(n / S3_PAGE))
+
+
+class CountingDriver(StorageDriver):
+    """Passes every call on and counts the requests it costs on S3 (the S3 driver's mapping:
+    one request per get/put/create/stat/delete, one ListObjectsV2 per 1,000 keys listed,
+    ``delete_tree`` = its listing + one DeleteObjects per 1,000 keys, ``delete_many`` = one
+    DeleteObjects per 1,000 keys). ``delete_many`` exists only when one is given."""
+
+    def __init__(
+        self,
+        inner: StorageDriver,
+        delete_many: Callable[[list[str]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.ops: Counter[str] = Counter()
+        if delete_many is not None:
+
+            async def counted(keys: list[str]) -> None:
+                self.ops["delete_many"] += _pages(len(keys))
+                await delete_many(keys)
+
+            self.delete_many = counted
+
+    @property
+    def requests(self) -> int:
+        return sum(self.ops.values())
+
+    def reset(self) -> None:
+        self.ops.clear()
+
+    async def get(self, key: str) -> bytes:
+        self.ops["get"] += 1
+        return await self.inner.get(key)
+
+    async def put(self, key: str, data: bytes) -> None:
+        self.ops["put"] += 1
+        await self.inner.put(key, data)
+
+    async def create(self, key: str, data: bytes) -> None:
+        self.ops["create"] += 1
+        await self.inner.create(key, data)
+
+    async def stat(self, key: str) -> ObjectInfo:
+        self.ops["stat"] += 1
+        return await self.inner.stat(key)
+
+    async def read(
+        self, key: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        self.ops["read"] += 1
+        async for chunk in self.inner.read(key, offset, length):
+            yield chunk
+
+    async def list(self, prefix: str) -> list[str]:
+        try:
+            names = await self.inner.list(prefix)
+        except BaseException:
+            self.ops["list"] += 1
+            raise
+        self.ops["list"] += _pages(len(names))
+        return names
+
+    async def walk(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        n = 0
+        try:
+            async for info in self.inner.walk(prefix):
+                n += 1
+                yield info
+        finally:
+            self.ops["walk"] += _pages(n)
+
+    async def delete(self, key: str) -> None:
+        self.ops["delete"] += 1
+        await self.inner.delete(key)
+
+    async def delete_tree(self, prefix: str) -> None:
+        n = 0
+        async for _ in self.inner.walk(prefix):  # not counted: only to price the real call
+            n += 1
+        self.ops["delete_tree"] += _pages(n) + (_pages(n) if n else 0)
+        await self.inner.delete_tree(prefix)
+
+    async def move(self, src: str, dst: str) -> None:
+        self.ops["move"] += 2
+        await self.inner.move(src, dst)
+
+    async def writer(self, key: str, append: bool = False) -> FileWriter:
+        self.ops["writer"] += 1
+        return await self.inner.writer(key, append)
+
+    async def abort_stale_uploads(self, older_than: float) -> int:
+        self.ops["abort_stale_uploads"] += 1
+        return await self.inner.abort_stale_uploads(older_than)
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def s3_delete_many(driver: Any) -> Callable[[list[str]], Awaitable[None]]:
+    """A stand-in for the ``delete_many(keys)`` driver operation GC asks for (not in the
+    storage interface yet): the keys in order, in DeleteObjects requests of up to 1,000, then
+    the directory entries that became empty (SeaweedFS lists those), as ``S3Driver.delete``
+    does for one key."""
+
+    async def delete_many(keys: list[str]) -> None:
+        full = [driver.full_key(k) for k in keys]
+        markers: list[str] = []
+        if driver.settings.prune_directories:
+            parents = {f.rsplit("/", 1)[0] for f in full if "/" in f}
+            markers = [f"{p}/" for p in sorted(parents, key=lambda p: -p.count("/"))]
+        await driver.delete_full(full + markers)
+
+    return delete_many
+
+
+def fs_delete_many(driver: StorageDriver) -> Callable[[list[str]], Awaitable[None]]:
+    """``delete_many`` on the filesystem: each key, in order."""
+
+    async def delete_many(keys: list[str]) -> None:
+        for key in keys:
+            await driver.delete(key)
+
+    return delete_many
+
+
+# -- a registry written straight through the driver (benchmarks, request counts) ------------------
+
+
+def _d(data: bytes) -> Digest:
+    return Digest("sha256", hashlib.sha256(data).hexdigest())
+
+
+async def populate(
+    driver: StorageDriver, images: int, layers: int = 19, per_repo: int = 50, parallel: int = 64
+) -> int:
+    """Images of ``layers`` layers + config + manifest (blobs, ``_layers`` links) in
+    repositories of ``per_repo`` images; even images tagged (revision, tag index and current
+    links), odd ones "deleted" (no revision link: every blob of theirs is garbage, even with
+    ``delete_untagged`` off). Returns the number of garbage blobs."""
+    sem = asyncio.Semaphore(parallel)
+
+    async def put(key: str, data: bytes) -> None:
+        async with sem:
+            await driver.put(key, data)
+
+    jobs = []
+    garbage = 0
+    for i in range(images):
+        repo = f"bench/r{i // per_repo}"
+        blobs = [f"layer {i} {j} ".encode() * 8 for j in range(layers)]
+        config = json.dumps({"image": i}).encode()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": str(_d(config)),
+                    "size": len(config),
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": str(_d(x)),
+                        "size": len(x),
+                    }
+                    for x in blobs
+                ],
+            }
+        ).encode()
+        for x in [*blobs, config, manifest]:
+            jobs.append(put(paths.blob_data(_d(x)), x))
+        for x in [*blobs, config]:
+            jobs.append(put(paths.layer_link(repo, _d(x)), str(_d(x)).encode()))
+        if i % 2 == 0:
+            md = _d(manifest)
+            jobs.append(put(paths.revision_link(repo, md), str(md).encode()))
+            jobs.append(put(paths.tag_index_link(repo, f"t{i}", md), str(md).encode()))
+            jobs.append(put(paths.tag_current_link(repo, f"t{i}"), str(md).encode()))
+        else:
+            garbage += layers + 2
+    await asyncio.gather(*jobs)
+    return garbage
 
 
 __all__ = ["push_blob", "push_image", "sha256"]

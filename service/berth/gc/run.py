@@ -117,7 +117,9 @@ async def collect_garbage(
             _describe(report, units)
         else:
             progress.start("sweeping", total=len(units))
-            sweeper = Sweeper(driver, run_id, cutoff, options.concurrency, progress.advance)
+            sweeper = Sweeper(
+                driver, run_id, cutoff, options.concurrency, progress.advance, inventory=inv
+            )
             stats = await sweeper.run(units)
             report.blobs_deleted = stats.blobs_deleted
             report.bytes_deleted = stats.bytes_deleted
