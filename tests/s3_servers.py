@@ -225,8 +225,18 @@ SLOWDOWN_BODY = (
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
 
-# An action for one request: None (forward), "503", "reset", ("delay", seconds).
-Action = str | tuple[str, float] | None
+
+def error_body(code: str, message: str = "") -> bytes:
+    """An S3 XML error body."""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+        f"<Message>{message or code}</Message></Error>"
+    ).encode()
+
+
+# An action for one request: None (forward), "503", "reset", ("delay", seconds),
+# ("status", status, body): answer that status with that body (e.g. ``error_body(code)``).
+Action = str | tuple[str, float] | tuple[str, int, bytes] | None
 
 
 class FaultProxy:
@@ -312,8 +322,18 @@ class FaultProxy:
                 )
                 await writer.drain()
                 return
+            if isinstance(action, tuple) and action[0] == "status" and len(action) == 3:
+                status, payload = int(action[1]), action[2]
+                assert isinstance(payload, bytes)
+                writer.write(
+                    f"HTTP/1.1 {status} Fault\r\nContent-Type: application/xml\r\n".encode()
+                    + f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                    + (b"" if method == "HEAD" else payload)
+                )
+                await writer.drain()
+                return
             if isinstance(action, tuple) and action[0] == "delay":
-                await asyncio.sleep(action[1])
+                await asyncio.sleep(float(action[1]))
             up_r, up_w = await asyncio.open_connection(*self.upstream)
             request = "\r\n".join([lines[0], *headers, "Connection: close", "", ""]).encode()
             up_w.write(request + body)

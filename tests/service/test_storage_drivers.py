@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -23,6 +23,9 @@ import pytest
 from berth.config import S3Settings
 from berth.storage.driver import PathNotFound, StorageDriver, StorageUnavailable
 from berth.storage.filesystem import FilesystemDriver
+
+if TYPE_CHECKING:
+    from berth.storage.s3 import S3Driver
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import s3_servers
@@ -37,7 +40,7 @@ def s3_settings(server: s3_servers.S3Server, **overrides: Any) -> S3Settings:
     return S3Settings(**server.settings(**base))
 
 
-async def _s3(server: s3_servers.S3Server, **overrides: Any) -> StorageDriver:
+async def _s3(server: s3_servers.S3Server, **overrides: Any) -> S3Driver:
     from berth.storage.s3 import S3Driver
 
     driver = S3Driver(s3_settings(server, **overrides))
@@ -45,24 +48,36 @@ async def _s3(server: s3_servers.S3Server, **overrides: Any) -> StorageDriver:
     return driver
 
 
-@pytest.fixture(params=["filesystem", "moto", "seaweedfs"])
+# Every S3 case runs on both transports: the lean client ("lean", storage.s3.fast_path) and
+# botocore ("botocore"); see berth/storage/s3/transport.py.
+S3_CASES = ["moto-lean", "moto-botocore", "seaweedfs-lean", "seaweedfs-botocore"]
+TRANSPORTS = {"lean": True, "botocore": False}
+
+
+async def _s3_case(request: pytest.FixtureRequest, case: str, **overrides: Any) -> Any:
+    kind, transport = case.split("-")
+    server = request.getfixturevalue(f"{kind}_server")
+    d = await _s3(server, fast_path=TRANSPORTS[transport], **overrides)
+    assert d.transport.name == transport
+    request.node.s3_server = server
+    return d
+
+
+@pytest.fixture(params=["filesystem", *S3_CASES])
 async def driver(
     request: pytest.FixtureRequest, tmp_path: Path, no_ca_bundle: None
 ) -> AsyncIterator[StorageDriver]:
     if request.param == "filesystem":
         yield FilesystemDriver(tmp_path / "root")
         return
-    server = request.getfixturevalue(f"{request.param}_server")
-    d = await _s3(server)
-    request.node.s3_server = server
+    d = await _s3_case(request, request.param)
     yield d
     await d.close()
 
 
-@pytest.fixture(params=["moto", "seaweedfs"])
+@pytest.fixture(params=S3_CASES)
 async def s3_driver(request: pytest.FixtureRequest, no_ca_bundle: None) -> AsyncIterator[Any]:
-    server = request.getfixturevalue(f"{request.param}_server")
-    d = await _s3(server)
+    d = await _s3_case(request, request.param)
     yield d
     await d.close()
 
@@ -330,13 +345,14 @@ async def test_s3_abort_stale_uploads(s3_driver: Any) -> None:
 # -- presigned URLs (SeaweedFS checks signatures) ------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(params=list(TRANSPORTS))
 async def seaweed_driver(
-    seaweedfs_server: s3_servers.S3Server, no_ca_bundle: None
+    request: pytest.FixtureRequest, seaweedfs_server: s3_servers.S3Server, no_ca_bundle: None
 ) -> AsyncIterator[Any]:
     # Sign for "localhost" while the registry talks to 127.0.0.1: a separate public endpoint.
     public = seaweedfs_server.endpoint.replace("127.0.0.1", "localhost")
-    d = await _s3(seaweedfs_server, public_endpoint_url=public)
+    d = await _s3(seaweedfs_server, public_endpoint_url=public, fast_path=TRANSPORTS[request.param])
+    assert d.transport.name == request.param
     yield d
     await d.close()
 
@@ -391,9 +407,12 @@ def proxy(seaweedfs_server: s3_servers.S3Server) -> Iterator[s3_servers.FaultPro
     p.stop()
 
 
-@pytest.fixture
+@pytest.fixture(params=list(TRANSPORTS))
 async def faulty(
-    seaweedfs_server: s3_servers.S3Server, proxy: s3_servers.FaultProxy, no_ca_bundle: None
+    request: pytest.FixtureRequest,
+    seaweedfs_server: s3_servers.S3Server,
+    proxy: s3_servers.FaultProxy,
+    no_ca_bundle: None,
 ) -> AsyncIterator[Any]:
     d = await _s3(
         seaweedfs_server,
@@ -401,7 +420,9 @@ async def faulty(
         max_attempts=4,
         read_timeout=1.0,
         connect_timeout=1.0,
+        fast_path=TRANSPORTS[request.param],
     )
+    assert d.transport.name == request.param
     yield d
     await d.close()
 

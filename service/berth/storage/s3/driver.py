@@ -5,6 +5,10 @@ concurrency, path-style addressing, standard retries (exponential backoff with j
 throttling, 5xx, timeouts and resets), no payload hashing or extra checksums on the hot path
 (the registry verifies every digest itself), and a second client, which never opens a
 connection, that signs redirect URLs for the public endpoint.
+
+Single-object requests, listings, copies and presigning go through one ``S3Transport``
+(``transport``), chosen in ``start()``: the lean client (``fastpath``) or botocore
+(``botocore_transport``); multipart uploads and ranged reads use the aiobotocore client.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import asyncio
 import contextlib
 import ctypes
 from collections.abc import AsyncIterator
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -28,11 +31,12 @@ from ..driver import (
     ObjectInfo,
     PathNotFound,
     StorageDriver,
-    StorageUnavailable,
     WriterBusy,
 )
-from .errors import call, error_code, http_status, is_not_found, translate
+from .botocore_transport import BotocoreTransport, retry_more
+from .errors import NOT_FOUND_CODES, call, classify, error_code, http_status, translate
 from .fastpath import FastS3, Frozen
+from .transport import CopyTooLarge, ListPage, S3Transport
 from .writer import STATE_SUFFIX, S3Writer, WriterState, is_internal
 
 READ_CHUNK = 1024 * 1024
@@ -68,8 +72,7 @@ class S3Driver(StorageDriver):
         self._session = session
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
-        self._signer: Any = None
-        self._fast: FastS3 | None = None
+        self._transport: S3Transport | None = None
         args: dict[str, Any] = {}
         if settings.storage_class:
             args["StorageClass"] = settings.storage_class
@@ -89,7 +92,8 @@ class S3Driver(StorageDriver):
             max_pool_connections=pool,
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
-            retries={"max_attempts": s.max_attempts, "mode": "standard"},
+            # Attempts in all (botocore's ``max_attempts`` counts retries): as the lean client.
+            retries={"total_max_attempts": s.max_attempts, "mode": "standard"},
             s3={
                 "addressing_style": "path" if s.path_style else "virtual",
                 # UNSIGNED-PAYLOAD: no SHA-256 over each body; digests are verified upstream.
@@ -129,13 +133,7 @@ class S3Driver(StorageDriver):
                 **self._client_args(s.endpoint_url),
             )
         )
-        public = s.public_endpoint_url or s.endpoint_url
-        if public == s.endpoint_url:
-            self._signer = self._client
-        else:
-            self._signer = await stack.enter_async_context(
-                session.create_client("s3", config=self._config(1), **self._client_args(public))
-            )
+        retry_more(self._client, s.max_attempts)
         self._stack = stack
         signer_creds = getattr(getattr(self._client, "_request_signer", None), "_credentials", None)
         if s.fast_path and s.endpoint_url and s.path_style and signer_creds is not None:
@@ -152,7 +150,15 @@ class S3Driver(StorageDriver):
                 }[k]: v
                 for k, v in self.object_args.items()
             }
-            self._fast = FastS3(s, credentials, put_headers)
+            self._transport = FastS3(s, credentials, put_headers)
+            return
+        public = s.public_endpoint_url or s.endpoint_url
+        signer = self._client
+        if public != s.endpoint_url:
+            signer = await stack.enter_async_context(
+                session.create_client("s3", config=self._config(1), **self._client_args(public))
+            )
+        self._transport = BotocoreTransport(self._client, signer, self.bucket, self.object_args)
 
     @property
     def client(self) -> Any:
@@ -160,12 +166,18 @@ class S3Driver(StorageDriver):
             raise RuntimeError("S3Driver.start() was not called")
         return self._client
 
+    @property
+    def transport(self) -> S3Transport:
+        if self._transport is None:
+            raise RuntimeError("S3Driver.start() was not called")
+        return self._transport
+
     async def close(self) -> None:
         stack, self._stack = self._stack, None
-        self._client = self._signer = None
-        fast, self._fast = self._fast, None
-        if fast is not None:
-            await fast.close()
+        self._client = None
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.close()
         if stack is not None:
             await stack.aclose()
 
@@ -189,14 +201,7 @@ class S3Driver(StorageDriver):
     # -- whole objects (also used by the writer, with bucket keys) -------------------------------
 
     async def get_full(self, full: str, key: str | None = None) -> bytes:
-        if self._fast is not None:
-            return await self._fast.get(full, key or full)
-        resp = await call(key or full, self.client.get_object(Bucket=self.bucket, Key=full))
-        async with resp["Body"] as body:
-            try:
-                data: bytes = await body.read()
-            except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
-                raise translate(exc, key or full) from exc
+        data, _ = await self.transport.get(full, key or full)
         return data
 
     async def put_full(
@@ -208,65 +213,22 @@ class S3Driver(StorageDriver):
         if_none_match: bool = False,
     ) -> str:
         """PutObject; with a condition, a concurrent change raises WriterBusy. Returns the ETag."""
-        condition: dict[str, str] = {}
-        if if_match:
-            condition["If-Match"] = if_match
-        elif if_none_match:
-            condition["If-None-Match"] = "*"
-        if self._fast is not None:
-            return await self._fast.put(full, key or full, data, condition)
-        args = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"} if if_none_match else {}
-        resp = await call(
-            key or full,
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=full,
-                Body=data,
-                ContentLength=len(data),
-                **self.object_args,
-                **args,
-            ),
-        )
-        return str(resp.get("ETag", ""))
+        return await self.transport.put(full, key or full, data, if_match, if_none_match)
 
     async def get_etag(self, full: str, key: str) -> tuple[bytes, str]:
-        if self._fast is not None:
-            return await self._fast.get_etag(full, key)
-        resp = await call(key, self.client.get_object(Bucket=self.bucket, Key=full))
-        async with resp["Body"] as body:
-            try:
-                data: bytes = await body.read()
-            except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
-                raise translate(exc, key) from exc
-        return data, str(resp.get("ETag", ""))
+        return await self.transport.get(full, key)
 
     async def delete_full(self, keys: Keys) -> None:
         for i in range(0, len(keys), 1000):
             batch = keys[i : i + 1000]
             if len(batch) == 1:
-                await self._delete_one(batch[0], batch[0])
+                await self.transport.delete(batch[0], batch[0])
                 continue
-            if self._fast is not None:
-                codes = [c for c in await self._fast.delete_many(batch) if c != "NoSuchKey"]
-                if codes:
-                    raise StorageUnavailable(f"delete failed: {codes[0]}")
-                continue
-            resp = await call(
-                batch[0],
-                self.client.delete_objects(
-                    Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
-                ),
-            )
-            errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
-            if errors:
-                raise StorageUnavailable(f"delete failed: {errors[0]}")
-
-    async def _delete_one(self, full: str, key: str) -> None:
-        if self._fast is not None:
-            await self._fast.delete(full, key)
-        else:
-            await call(key, self.client.delete_object(Bucket=self.bucket, Key=full))
+            failures = await self.transport.delete_many(batch)
+            failed = [f for f in failures if f.code not in NOT_FOUND_CODES]
+            if failed:
+                f = failed[0]
+                raise classify(0, f.code, f.key, f"delete failed: {f.message}"[:200])
 
     async def abort_upload(self, full: str, upload_id: str) -> None:
         with contextlib.suppress(PathNotFound):
@@ -277,20 +239,14 @@ class S3Driver(StorageDriver):
                 ),
             )
 
-    async def _list_full(self, prefix: str, delimiter: bool) -> AsyncIterator[dict[str, Any]]:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        if delimiter:
-            args["Delimiter"] = "/"
+    async def _list_full(self, prefix: str, delimiter: bool) -> AsyncIterator[ListPage]:
+        token: str | None = None
         while True:
-            if self._fast is not None:
-                page = await self._fast.list_page(prefix, delimiter, args.get("ContinuationToken"))
-            else:
-                page = await call(prefix, self.client.list_objects_v2(**args))
+            page = await self.transport.list_page(prefix, delimiter, token)
             yield page
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
+            if not page.next_token:
                 return
-            args["ContinuationToken"] = token
+            token = page.next_token
 
     # -- the driver interface --------------------------------------------------------------------
 
@@ -307,13 +263,8 @@ class S3Driver(StorageDriver):
             raise AlreadyExists(key) from None
 
     async def stat(self, key: str) -> ObjectInfo:
-        full = self.full_key(key)
-        if self._fast is not None:
-            reply = await self._fast.head(full, key)
-            modified = parsedate_to_datetime(reply.headers["Last-Modified"]).timestamp()
-            return ObjectInfo(key, int(reply.headers["Content-Length"]), modified)
-        resp = await call(key, self.client.head_object(Bucket=self.bucket, Key=full))
-        return ObjectInfo(key, int(resp["ContentLength"]), resp["LastModified"].timestamp())
+        head = await self.transport.head(self.full_key(key), key)
+        return ObjectInfo(key, head.size, head.modified)
 
     async def read(
         self, key: str, offset: int = 0, length: int | None = None
@@ -356,11 +307,11 @@ class S3Driver(StorageDriver):
         names: set[str] = set()
         found = False
         async for page in self._list_full(base, delimiter=True):
-            found = found or bool(page.get("CommonPrefixes") or page.get("Contents"))
-            for cp in page.get("CommonPrefixes", []):
-                names.add(cp["Prefix"][len(base) :].rstrip("/"))
-            for obj in page.get("Contents", []):
-                name = obj["Key"][len(base) :]
+            found = found or bool(page.prefixes or page.objects)
+            for common in page.prefixes:
+                names.add(common[len(base) :].rstrip("/"))
+            for obj in page.objects:
+                name = obj.key[len(base) :]
                 if name and not is_internal(name):
                     names.add(name)
         names.discard("")
@@ -370,10 +321,8 @@ class S3Driver(StorageDriver):
 
     async def walk(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         async for page in self._list_full(self._dir_prefix(prefix), delimiter=False):
-            for obj in page.get("Contents", []):
-                yield ObjectInfo(
-                    self._relative(obj["Key"]), int(obj["Size"]), obj["LastModified"].timestamp()
-                )
+            for obj in page.objects:
+                yield ObjectInfo(self._relative(obj.key), obj.size, obj.modified)
 
     async def delete(self, key: str) -> None:
         full = self.full_key(key)
@@ -387,7 +336,7 @@ class S3Driver(StorageDriver):
         full = self.full_key(prefix)
         children: Keys = []
         async for page in self._list_full(f"{full}/", delimiter=False):
-            children.extend(obj["Key"] for obj in page.get("Contents", []))
+            children.extend(obj.key for obj in page.objects)
         for state_key in [k for k in children if k.endswith(STATE_SUFFIX)]:
             with contextlib.suppress(PathNotFound, ValueError, KeyError):
                 state, _ = WriterState.from_bytes(await self.get_full(state_key))
@@ -419,32 +368,11 @@ class S3Driver(StorageDriver):
 
     async def move(self, src: str, dst: str) -> None:
         src_full, dst_full = self.full_key(src), self.full_key(dst)
-        if self._fast is not None:
-            reply = await self._fast.copy(src_full, dst_full, src)
-            if reply.status == 400 and (
-                b"InvalidRequest" in reply.body or b"EntityTooLarge" in reply.body
-            ):
-                await self._multipart_copy(src, src_full, dst_full)
-            elif reply.status != 200:
-                raise StorageUnavailable(f"object store: copy of {src}: HTTP {reply.status}")
-            await self._delete_one(src_full, src)
-            return
         try:
-            await self.client.copy_object(
-                Bucket=self.bucket,
-                Key=dst_full,
-                CopySource={"Bucket": self.bucket, "Key": src_full},
-                **self.object_args,
-            )
-        except ClientError as exc:
-            if is_not_found(exc):
-                raise PathNotFound(src) from exc
-            if error_code(exc) not in ("InvalidRequest", "EntityTooLarge"):
-                raise translate(exc, src) from exc
+            await self.transport.copy(src_full, dst_full, src)
+        except CopyTooLarge:
             await self._multipart_copy(src, src_full, dst_full)
-        except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
-            raise translate(exc, src) from exc
-        await call(src, self.client.delete_object(Bucket=self.bucket, Key=src_full))
+        await self.transport.delete(src_full, src)
 
     async def _multipart_copy(self, src: str, src_full: str, dst_full: str) -> None:
         """Copy an object larger than CopyObject allows (5 GiB), part by part, server-side."""
@@ -502,14 +430,7 @@ class S3Driver(StorageDriver):
         return writer
 
     async def redirect_url(self, key: str, expires_in: int) -> str | None:
-        if self._fast is not None:
-            return await self._fast.presign(self.full_key(key), expires_in)
-        url: str = await self._signer.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": self.bucket, "Key": self.full_key(key)},
-            ExpiresIn=expires_in,
-        )
-        return url
+        return await self.transport.presign(self.full_key(key), expires_in)
 
     async def ping(self) -> None:
         await call("", self.client.head_bucket(Bucket=self.bucket))

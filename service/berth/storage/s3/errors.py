@@ -38,6 +38,12 @@ UNAVAILABLE_CODES = frozenset(
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
+def is_transient(status: int, code: str) -> bool:
+    """Whether an answer is worth retrying: the rule of both transports (botocore's standard
+    mode retries part of it by itself; the rest is added to its client in ``retry_more``)."""
+    return status in RETRY_STATUSES or code in UNAVAILABLE_CODES
+
+
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 

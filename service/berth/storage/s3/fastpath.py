@@ -1,12 +1,13 @@
-"""A lean S3 client for the hot path: GetObject, HeadObject, PutObject and DeleteObject of
-small objects (links, manifests, upload state), signed with SigV4 here and sent with aiohttp.
+"""A lean S3 transport for the hot path: GetObject, HeadObject, PutObject, DeleteObject(s),
+ListObjectsV2 and CopyObject of small objects (links, manifests, upload state) and presigned
+URLs, signed with SigV4 here and sent with aiohttp (``transport.S3Transport``).
 
 botocore spends about 1-3 ms of CPU per request (serialisation, the event system, response
 parsing); a manifest GET or blob HEAD is a single such request, so that overhead is most of the
 registry's own cost. This client signs (a few HMACs, signing keys cached per day) and sends the
 request itself, with the same credentials (botocore's chain, refreshed as botocore does), the
 same retries (exponential backoff with jitter for throttling, 5xx, timeouts and resets) and the
-same errors. Everything else (multipart, listing, copies, presigning) stays on botocore.
+same errors (``errors.classify``). Multipart uploads and ranged reads stay on botocore.
 
 Only path-style addressing against a configured endpoint uses it (``storage.s3.fast_path``).
 """
@@ -24,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
@@ -34,11 +36,10 @@ from yarl import URL
 
 from ...config import S3Settings
 from ..driver import PathNotFound, StorageUnavailable
-from .errors import RETRY_STATUSES, classify
+from .errors import classify, is_transient
+from .transport import CopyTooLarge, DeleteFailure, Entry, Head, ListPage, S3Transport
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
-# Error codes that come with a 4xx status but are transient.
-_RETRY_CODES = (b"<Code>RequestTimeout</Code>", b"<Code>RequestTimeTooSkewed</Code>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,9 @@ class Reply:
     body: bytes
 
 
-class FastS3:
+class FastS3(S3Transport):
+    name = "lean"
+
     def __init__(
         self,
         settings: S3Settings,
@@ -193,17 +196,17 @@ class FastS3:
             if attempt:
                 await asyncio.sleep(random.random() * min(20.0, 2.0**attempt))
             signed = {k.lower(): v for k, v in (headers or {}).items()}
-            self._sign(method, path, query, signed, await self._credentials())
-            if body is not None:
+            if body:  # signed, as botocore signs it
                 signed["content-length"] = str(len(body))
+            self._sign(method, path, query, signed, await self._credentials())
+            if body is not None and not body:
+                signed["content-length"] = "0"
             try:
                 async with self._session.request(method, url, data=body, headers=signed) as r:
                     data = b"" if method == "HEAD" else await r.read()
                     if r.status == 404:
                         raise PathNotFound(key)
-                    if r.status in RETRY_STATUSES or (
-                        r.status in (400, 403) and any(c in data for c in _RETRY_CODES)
-                    ):
+                    if r.status >= 400 and is_transient(r.status, _error(data)[0]):
                         last = f"HTTP {r.status}"
                         continue
                     return Reply(r.status, r.headers, data)
@@ -214,8 +217,7 @@ class FastS3:
 
     async def list_page(
         self, prefix: str, delimiter: bool, token: str | None = None, max_keys: int = 1000
-    ) -> dict[str, Any]:
-        """One ListObjectsV2 page, shaped like botocore's answer (the fields the driver uses)."""
+    ) -> ListPage:
         params = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys)}
         if delimiter:
             params["delimiter"] = "/"
@@ -225,92 +227,103 @@ class FastS3:
         _check(r, prefix)
         root = ElementTree.fromstring(r.body)
         ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-        contents = [
-            {
-                "Key": c.findtext(f"{ns}Key", ""),
-                "Size": int(c.findtext(f"{ns}Size", "0")),
-                "LastModified": datetime.fromisoformat(c.findtext(f"{ns}LastModified", "")),
-            }
+        objects = [
+            Entry(
+                c.findtext(f"{ns}Key", ""),
+                int(c.findtext(f"{ns}Size", "0")),
+                datetime.fromisoformat(c.findtext(f"{ns}LastModified", "")).timestamp(),
+            )
             for c in root.iter(f"{ns}Contents")
         ]
-        prefixes = [
-            {"Prefix": c.findtext(f"{ns}Prefix", "")} for c in root.iter(f"{ns}CommonPrefixes")
-        ]
-        page: dict[str, Any] = {
-            "Contents": contents,
-            "CommonPrefixes": prefixes,
-            "KeyCount": len(contents) + len(prefixes),
-            "IsTruncated": root.findtext(f"{ns}IsTruncated", "false") == "true",
-        }
-        next_token = root.findtext(f"{ns}NextContinuationToken")
-        if next_token:
-            page["NextContinuationToken"] = next_token
-        return page
+        prefixes = [c.findtext(f"{ns}Prefix", "") for c in root.iter(f"{ns}CommonPrefixes")]
+        more = root.findtext(f"{ns}IsTruncated", "false") == "true"
+        return ListPage(
+            objects, prefixes, root.findtext(f"{ns}NextContinuationToken") if more else None
+        )
 
-    async def copy(self, src_full: str, dst_full: str, key: str) -> Reply:
-        """CopyObject; the reply is returned for the caller to inspect (>5 GiB: 400)."""
+    async def copy(self, src_full: str, dst_full: str, key: str) -> None:
         source = f"/{self._bucket}/{quote(src_full, safe='/~')}"
         headers = {"x-amz-copy-source": source, **self._put_headers}
         r = await self.request("PUT", dst_full, key, b"", headers)
-        if r.status == 200 and b"<Error>" in r.body:  # S3 may fail a copy after the 200
-            raise StorageUnavailable(f"object store: copy of {key} failed")
-        return r
+        if r.status == 400 and _error(r.body)[0] in ("InvalidRequest", "EntityTooLarge"):
+            raise CopyTooLarge(key)  # over 5 GiB: the caller copies part by part
+        _check(r, key)
+        if b"<Error>" in r.body:  # S3 may fail a copy after the 200
+            code, message = _error(r.body)
+            raise classify(500, code, key, message)
 
-    async def delete_many(self, full_keys: list[str]) -> list[str]:
-        """DeleteObjects (at most 1000, in order); the error codes of the keys that failed."""
+    async def delete_many(self, fulls: list[str]) -> list[DeleteFailure]:
         body = (
             "<Delete><Quiet>true</Quiet>"
-            + "".join(f"<Object><Key>{escape(k)}</Key></Object>" for k in full_keys)
+            + "".join(f"<Object><Key>{escape(k)}</Key></Object>" for k in fulls)
             + "</Delete>"
         ).encode()
         headers = {
             "content-type": "application/xml",
             "content-md5": base64.b64encode(hashlib.md5(body).digest()).decode(),
         }
-        r = await self.request("POST", None, full_keys[0], body, headers, {"delete": ""})
-        _check(r, full_keys[0])
+        r = await self.request("POST", None, fulls[0], body, headers, {"delete": ""})
+        _check(r, fulls[0])
         root = ElementTree.fromstring(r.body)
         ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-        return [e.findtext(f"{ns}Code", "") for e in root.iter(f"{ns}Error")]
+        return [
+            DeleteFailure(
+                e.findtext(f"{ns}Key", ""),
+                e.findtext(f"{ns}Code", ""),
+                e.findtext(f"{ns}Message", ""),
+            )
+            for e in root.iter(f"{ns}Error")
+        ]
 
-    async def get(self, full_key: str, key: str) -> bytes:
-        r = await self.request("GET", full_key, key)
-        _check(r, key)
-        return r.body
-
-    async def get_etag(self, full_key: str, key: str) -> tuple[bytes, str]:
-        r = await self.request("GET", full_key, key)
+    async def get(self, full: str, key: str) -> tuple[bytes, str]:
+        r = await self.request("GET", full, key)
         _check(r, key)
         return r.body, str(r.headers.get("ETag", ""))
 
-    async def head(self, full_key: str, key: str) -> Reply:
-        r = await self.request("HEAD", full_key, key)
+    async def head(self, full: str, key: str) -> Head:
+        r = await self.request("HEAD", full, key)
         _check(r, key)
-        return r
+        modified = parsedate_to_datetime(r.headers["Last-Modified"]).timestamp()
+        return Head(int(r.headers["Content-Length"]), modified)
 
     async def put(
-        self, full_key: str, key: str, data: bytes, condition: dict[str, str] | None = None
+        self,
+        full: str,
+        key: str,
+        data: bytes,
+        if_match: str | None = None,
+        if_none_match: bool = False,
     ) -> str:
-        """PutObject; ``condition``: If-Match / If-None-Match (412 raises WriterBusy)."""
         headers = {"content-type": "application/octet-stream", **self._put_headers}
-        headers.update(condition or {})
-        r = await self.request("PUT", full_key, key, data, headers)
+        if if_match:
+            headers["if-match"] = if_match
+        elif if_none_match:
+            headers["if-none-match"] = "*"
+        r = await self.request("PUT", full, key, data, headers)
         _check(r, key)  # 412 (a condition failed): WriterBusy
         return str(r.headers.get("ETag", ""))
 
-    async def delete(self, full_key: str, key: str) -> None:
-        _check(await self.request("DELETE", full_key, key), key)
+    async def delete(self, full: str, key: str) -> None:
+        _check(await self.request("DELETE", full, key), key)
+
+
+def _error(body: bytes) -> tuple[str, str]:
+    """The S3 error code and message of an answer's XML body ("" when it has none)."""
+    if b"<Code>" not in body:
+        return "", ""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return "", ""
+    error = root if root.tag == "Error" else root.find(".//Error")
+    if error is None:
+        return "", ""
+    return error.findtext("Code", ""), error.findtext("Message", "")
 
 
 def _check(r: Reply, key: str) -> None:
     """Raise the driver error for a failed answer (after the retries ``request`` made)."""
     if r.status < 300:
         return
-    code = message = ""
-    if r.body.lstrip().startswith(b"<"):
-        try:
-            root = ElementTree.fromstring(r.body)
-            code, message = root.findtext("Code", ""), root.findtext("Message", "")
-        except ElementTree.ParseError:
-            pass
+    code, message = _error(r.body)
     raise classify(r.status, code, key, message[:200])
