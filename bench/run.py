@@ -1,5 +1,10 @@
-"""``make bench``: Berth against CNCF Distribution 2.8.2, side by side, same machine, same
-SeaweedFS server (one bucket each, same settings), then the same on the filesystem driver.
+"""``make bench``: Berth against CNCF Distribution, side by side, same machine, same SeaweedFS
+server (one bucket each, same settings), then the same on the filesystem driver.
+
+``--distribution PATH`` picks the binary: by default the current release, 3.1.1, from
+``../shared/bin`` (or ``$BERTH_BENCH_DISTRIBUTION``), else Debian's 2.8.2 ``docker-registry``.
+Distribution 3 runs as its sample config does (in-memory blob descriptor cache), without
+tracing export and without access logs.
 
 Each workload runs against Berth, then Distribution, then again (alternating, ``--rounds``);
 the best round of each is kept and the table shows the Berth/Distribution ratio (> 1: Berth is
@@ -132,9 +137,30 @@ def start_berth(workdir: Path, storage: dict[str, object], workers: int) -> Proc
     return p
 
 
-def start_distribution(workdir: Path, storage: dict[str, object]) -> Proc:
+def default_distribution() -> str:
+    for candidate in (
+        os.environ.get("BERTH_BENCH_DISTRIBUTION", ""),
+        str(REPO.parent / "shared" / "bin" / "distribution-3.1.1"),
+    ):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return "docker-registry"
+
+
+def distribution_version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    match = re.search(r"v?(\d+\.\d+\.\d+)", out.stdout + out.stderr)
+    return match.group(1) if match else "unknown"
+
+
+def start_distribution(workdir: Path, storage: dict[str, object], binary: str) -> Proc:
     port = free_port()
     cfg = workdir / f"distribution-{port}.yml"
+    major = distribution_version(binary).split(".")[0]
+    extra: dict[str, object] = {}
+    if major == "3":
+        # As 3.x's sample config: descriptors cached in memory (never expired).
+        extra = {"cache": {"blobdescriptor": "inmemory"}}
     cfg.write_text(
         json.dumps(
             {
@@ -142,6 +168,7 @@ def start_distribution(workdir: Path, storage: dict[str, object]) -> Proc:
                 "log": {"level": "error", "accesslog": {"disabled": True}},
                 "storage": {
                     **storage,
+                    **extra,
                     "delete": {"enabled": True},
                     "maintenance": {"uploadpurging": {"enabled": False}},
                 },
@@ -150,9 +177,10 @@ def start_distribution(workdir: Path, storage: dict[str, object]) -> Proc:
         )
     )
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    env["OTEL_TRACES_EXPORTER"] = "none"
     log = (workdir / f"distribution-{port}.log").open("wb")
     proc = subprocess.Popen(
-        ["docker-registry", "serve", str(cfg)],
+        [binary, "serve", str(cfg)],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -506,16 +534,23 @@ async def run_suite(
     return list(rows.values())
 
 
-def table(title: str, rows: list[Row]) -> str:
+def table(title: str, rows: list[Row], dist_version: str) -> str:
     out = [
         f"### {title}",
         "",
-        "| workload | unit | Berth | Distribution 2.8.2 | ratio (>1: Berth ahead) |",
+        f"| workload | unit | Berth | Distribution {dist_version} | ratio (>1: Berth ahead) |",
         "|---|---|---:|---:|---:|",
     ]
     for r in rows:
         out.append(f"| {r.name} | {r.unit} | {r.berth:.1f} | {r.dist:.1f} | {r.ratio:.2f}x |")
     return "\n".join(out) + "\n"
+
+
+def _commit() -> str:
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True
+    )
+    return out.stdout.strip() or "unknown"
 
 
 def main() -> int:
@@ -526,13 +561,18 @@ def main() -> int:
     ap.add_argument("--drivers", default="s3,filesystem")
     ap.add_argument("--only", default="", help="comma-separated workload name fragments")
     ap.add_argument("--out", default=str(HERE / "results.md"))
+    ap.add_argument(
+        "--distribution", default=default_distribution(), help="Distribution binary to compare"
+    )
     args = ap.parse_args()
+    dist_version = distribution_version(args.distribution)
     only = {o.strip() for o in args.only.split(",") if o.strip()}
     workdir = Path(tempfile.mkdtemp(prefix="berth-bench-"))
     sections = [
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()}: "
         f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}; "
-        f"Berth with {args.workers} uvicorn workers (uvloop, httptools); "
+        f"Berth at {_commit()} with {args.workers} uvicorn workers (uvloop, httptools) "
+        f"against CNCF Distribution {dist_version} ({args.distribution}); "
         f"best of {args.rounds} alternating rounds; rates with {CONCURRENCY} connections.\n"
     ]
     weed = None
@@ -563,13 +603,13 @@ def main() -> int:
                 dist_storage = {"filesystem": {"rootdirectory": str(workdir / "dist-fs")}}
                 title = "filesystem (local directory; blob GETs streamed)"
             berth = start_berth(workdir, berth_storage, args.workers)
-            dist = start_distribution(workdir, dist_storage)
+            dist = start_distribution(workdir, dist_storage, args.distribution)
             procs += [berth, dist]
             print(f"== {title}", flush=True)
             rows = asyncio.run(
                 run_suite({"berth": berth, "dist": dist}, args.rounds, args.seconds, workdir, only)
             )
-            section = table(title, rows)
+            section = table(title, rows, dist_version)
             print(section, flush=True)
             sections.append(section)
             berth.stop()

@@ -130,7 +130,24 @@ class CacheSettings(_Section):
         64 * 1024 * 1024, ge=0, description="In-process cache of manifest bodies, in bytes."
     )
     blob_descriptors: int = Field(
-        100_000, ge=0, description="In-process cache of blob sizes, in entries."
+        100_000,
+        ge=0,
+        description="In-process cache of blob sizes, in entries (also bounds the link cache).",
+    )
+    link_staleness_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long a replica trusts that a repository links a blob or manifest "
+        "without asking storage again: a delete on another replica is seen within this bound "
+        "(at once on the replica that made it). Absence is never cached. 0: always ask.",
+    )
+    redirect_reuse_fraction: float = Field(
+        0.25,
+        ge=0,
+        le=0.5,
+        description="A blob's presigned redirect URL is reused for this fraction of its "
+        "validity (`storage.redirect_expiry_seconds`), so clients always get at least the "
+        "rest. 0: sign every redirect.",
     )
 
 

@@ -304,3 +304,73 @@ async def test_mount_and_unlink(client: httpx.AsyncClient, storage: StorageDrive
     assert (await client.head(f"/v2/src/blobs/{digest}")).status_code == 200
     with pytest.raises(PathNotFound):
         await storage.stat(paths.layer_link("dst", Digest.parse(digest)))
+
+
+# -- caches: bounded staleness across replicas ---------------------------------------------------
+
+
+@pytest.mark.parametrize("staleness", [0.0, 3.0])
+async def test_link_cache_staleness_bound_across_replicas(
+    backend: Backend, staleness: float
+) -> None:
+    """Presence is trusted for ``cache.link_staleness_seconds``: a delete is seen at once by the
+    replica that made it and by every other one within the bound; absence is never cached."""
+    settings = backend.settings(redirect=False)
+    settings.cache.link_staleness_seconds = staleness
+    loop = asyncio.get_running_loop()
+    async with backend.client(settings) as a, backend.client(settings) as b:
+        data = b"cached presence"
+        digest = sha256(data)
+        assert (await b.head(f"/v2/app/blobs/{digest}")).status_code == 404
+        await push_blob(a, "app", data)
+        assert (await b.head(f"/v2/app/blobs/{digest}")).status_code == 200  # at once
+        manifest, _ = await push_image(a, "app", tag=None)
+
+        seen_at = loop.time()  # b (re)learns both links here
+        assert (await b.head(f"/v2/app/blobs/{digest}")).status_code == 200
+        assert (await b.head(f"/v2/app/manifests/{manifest}")).status_code == 200
+        assert (await a.delete(f"/v2/app/blobs/{digest}")).status_code == 202
+        assert (await a.delete(f"/v2/app/manifests/{manifest}")).status_code == 202
+        assert (await a.head(f"/v2/app/blobs/{digest}")).status_code == 404  # at once on a
+        assert (await a.head(f"/v2/app/manifests/{manifest}")).status_code == 404
+        blob_seen = (await b.head(f"/v2/app/blobs/{digest}")).status_code
+        manifest_seen = (await b.head(f"/v2/app/manifests/{manifest}")).status_code
+        if staleness == 0:
+            assert (blob_seen, manifest_seen) == (404, 404)
+        elif loop.time() - seen_at < staleness:  # b answers from its cache within the bound
+            assert (blob_seen, manifest_seen) == (200, 200)
+        await asyncio.sleep(max(0.0, seen_at + staleness - loop.time()) + 0.05)
+        assert (await b.head(f"/v2/app/blobs/{digest}")).status_code == 404  # bound kept
+        assert (await b.get(f"/v2/app/manifests/{manifest}")).status_code == 404
+
+
+@pytest.mark.parametrize("reuse", [0.0, 0.25])
+async def test_redirect_url_reused_within_its_fraction(backend: Backend, reuse: float) -> None:
+    settings = backend.settings(redirect=True, redirect_expiry_seconds=1200)
+    settings.cache.redirect_reuse_fraction = reuse
+    async with contextlib.AsyncExitStack() as stack:
+        app = await stack.enter_async_context(backend.app(settings))
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r")
+        )
+        driver = app.state.registry.driver
+        signed = []
+        original = driver.redirect_url
+
+        async def counting(key: str, expires_in: int) -> str | None:
+            signed.append(key)
+            return await original(key, expires_in)
+
+        driver.redirect_url = counting
+        digest = await push_blob(client, "app", b"redirected layer")
+        answers = [await client.get(f"/v2/app/blobs/{digest}") for _ in range(3)]
+        if backend.kind == "filesystem":  # no object store to redirect to: streamed
+            assert [r.status_code for r in answers] == [200] * 3
+            return
+        assert [r.status_code for r in answers] == [307] * 3
+        assert len({r.headers["Location"] for r in answers}) == 1 or reuse == 0
+        assert len(signed) == (1 if reuse else 3)
+        async with httpx.AsyncClient() as direct:  # the reused URL still works
+            assert (
+                await direct.get(answers[-1].headers["Location"])
+            ).content == b"redirected layer"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 from ..storage import paths
@@ -11,6 +12,7 @@ from ..storage.driver import PathNotFound, StorageDriver, StorageUnavailable
 from .cache import LRUCache
 from .digest import Digest
 from .errors import BlobUnknown
+from .freshness import PresenceCache
 
 # A GC run never issues a delete more than TOMBSTONE_DEADLINE_SECONDS after writing its tombstone
 # (berth.gc.sweep); writers treat older tombstones as abandoned. The gap covers request timeouts.
@@ -20,10 +22,34 @@ RESERVE_ATTEMPTS = 10
 
 
 class BlobStore:
-    def __init__(self, driver: StorageDriver, cache_entries: int) -> None:
+    def __init__(
+        self,
+        driver: StorageDriver,
+        cache_entries: int,
+        link_staleness: float = 0.0,
+        redirect_reuse: float = 0.0,
+    ) -> None:
         self.driver = driver
         # digest → size; a blob's content never changes, only whether it exists (GC).
         self._sizes: LRUCache[Digest, int] = LRUCache(cache_entries)
+        # Link keys seen present, trusted for ``link_staleness`` seconds (see freshness.py).
+        self.links = PresenceCache(link_staleness, cache_entries)
+        # digest → (URL, monotonic time it stops being handed out)
+        self._urls: LRUCache[Digest, tuple[str, float]] = LRUCache(cache_entries)
+        self._redirect_reuse = redirect_reuse
+
+    async def has_link(self, key: str, *, fresh: bool = False) -> bool:
+        """Whether the link object ``key`` exists: from the presence cache unless ``fresh``
+        (writes check fresh; reads accept the staleness bound)."""
+        if not fresh and self.links.fresh(key):
+            return True
+        try:
+            await self.driver.stat(key)
+        except PathNotFound:
+            self.links.forget(key)
+            return False
+        self.links.remember(key)
+        return True
 
     async def size(self, digest: Digest) -> int:
         """Size of the blob in global storage; BLOB_UNKNOWN when absent."""
@@ -112,14 +138,11 @@ class BlobStore:
                     return False
         return True
 
-    async def is_linked(self, name: str, digest: Digest) -> bool:
+    async def is_linked(self, name: str, digest: Digest, *, fresh: bool = False) -> bool:
         """Whether the repository may serve this blob (a layer link, or a manifest revision)."""
         for key in (paths.layer_link(name, digest), paths.revision_link(name, digest)):
-            try:
-                await self.driver.stat(key)
+            if await self.has_link(key, fresh=fresh):
                 return True
-            except PathNotFound:
-                continue
         return False
 
     async def size_in(self, name: str, digest: Digest) -> int:
@@ -138,14 +161,15 @@ class BlobStore:
             return None
 
     async def link(self, name: str, digest: Digest) -> None:
-        await self.driver.put(paths.layer_link(name, digest), str(digest).encode())
+        key = paths.layer_link(name, digest)
+        await self.driver.put(key, str(digest).encode())
+        self.links.remember(key)
 
     async def unlink(self, name: str, digest: Digest) -> None:
         key = paths.layer_link(name, digest)
-        try:
-            await self.driver.stat(key)
-        except PathNotFound:
-            raise BlobUnknown(f"blob unknown to repository {name}: {digest}") from None
+        if not await self.has_link(key, fresh=True):
+            raise BlobUnknown(f"blob unknown to repository {name}: {digest}")
+        self.links.forget(key)  # this replica sees the delete at once
         await self.driver.delete(key)
 
     def open(
@@ -154,7 +178,16 @@ class BlobStore:
         return self.driver.read(paths.blob_data(digest), offset, length)
 
     async def redirect_url(self, digest: Digest, expires_in: int) -> str | None:
-        return await self.driver.redirect_url(paths.blob_data(digest), expires_in)
+        """A presigned URL, reused for a fraction of its validity (signing costs CPU on every
+        pull of every layer); a client always gets at least the rest of it."""
+        now = time.monotonic()
+        cached = self._urls.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        url = await self.driver.redirect_url(paths.blob_data(digest), expires_in)
+        if url is not None and self._redirect_reuse > 0:
+            self._urls.put(digest, (url, now + expires_in * self._redirect_reuse))
+        return url
 
     async def put_content(self, digest: Digest, data: bytes) -> None:
         """Store small content (a manifest) by digest, unless it is already there.

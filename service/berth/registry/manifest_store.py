@@ -65,12 +65,10 @@ class ManifestStore:
         self._cache.put(digest, stored, len(body) + 512)
         return stored
 
-    async def has_revision(self, name: str, digest: Digest) -> bool:
-        try:
-            await self.driver.stat(paths.revision_link(name, digest))
-        except PathNotFound:
-            return False
-        return True
+    async def has_revision(self, name: str, digest: Digest, *, fresh: bool = False) -> bool:
+        """Whether the repository holds this manifest (within the link staleness bound, unless
+        ``fresh``: writes check storage itself)."""
+        return await self.blobs.has_link(paths.revision_link(name, digest), fresh=fresh)
 
     async def get(self, name: str, reference: str) -> StoredManifest:
         ref = lookup_reference(reference)
@@ -111,10 +109,12 @@ class ManifestStore:
         # unreferenced content for garbage collection, never a link to nothing.
         await self.blobs.put_content(digest, body)
         # The revision and the tags' index entries are independent; the tags move last.
+        revision = paths.revision_link(name, digest)
         await asyncio.gather(
-            self.driver.put(paths.revision_link(name, digest), str(digest).encode()),
+            self.driver.put(revision, str(digest).encode()),
             *(self.tags.record(name, tag, digest) for tag in tagged),
         )
+        self.blobs.links.remember(revision)
         await asyncio.gather(*(self.tags.point(name, tag, digest) for tag in tagged))
         stored = StoredManifest(digest, body, manifest)
         self._cache.put(digest, stored, len(body) + 512)
@@ -127,7 +127,8 @@ class ManifestStore:
         # the same.
         async def check_blob(desc: Descriptor) -> str | None:
             size, linked = await asyncio.gather(
-                self.blobs.reserve(desc.digest), self.blobs.is_linked(name, desc.digest)
+                self.blobs.reserve(desc.digest),
+                self.blobs.is_linked(name, desc.digest, fresh=True),
             )
             if size is None or not linked:
                 return None if self.allow_sparse else f"blob unknown: {desc.digest}"
@@ -137,7 +138,7 @@ class ManifestStore:
 
         async def check_child(desc: Descriptor) -> str | None:
             if await self.blobs.reserve(desc.digest) is not None and await self.has_revision(
-                name, desc.digest
+                name, desc.digest, fresh=True
             ):
                 return None
             return None if self.allow_sparse else f"manifest unknown: {desc.digest}"
@@ -156,11 +157,13 @@ class ManifestStore:
         if not isinstance(ref, Digest):
             await self.tags.delete(name, ref)
             return
-        if not await self.has_revision(name, ref):
+        if not await self.has_revision(name, ref, fresh=True):
             raise ManifestUnknown(f"manifest unknown: {name}@{ref}")
         for tag in await self.tags.pointing_at(name, ref):
             await self.driver.delete_tree(paths.tag_dir(name, tag))
-        await self.driver.delete(paths.revision_link(name, ref))
+        key = paths.revision_link(name, ref)
+        self.blobs.links.forget(key)  # this replica sees the delete at once
+        await self.driver.delete(key)
 
 
 __all__ = ["ManifestStore", "StoredManifest"]

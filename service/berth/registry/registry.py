@@ -19,7 +19,13 @@ class Registry:
     def __init__(self, driver: StorageDriver, settings: Settings) -> None:
         self.driver = driver
         self.settings = settings
-        self.blobs = BlobStore(driver, settings.cache.blob_descriptors)
+        cache = settings.cache
+        self.blobs = BlobStore(
+            driver,
+            cache.blob_descriptors,
+            link_staleness=cache.link_staleness_seconds,
+            redirect_reuse=cache.redirect_reuse_fraction,
+        )
         self.tags = Tags(driver)
         self.manifests = ManifestStore(
             driver,
@@ -56,7 +62,7 @@ class Registry:
                 validate_name(source)
             except RegistryError:
                 return False
-            if not await self.blobs.is_linked(source, digest):
+            if not await self.blobs.is_linked(source, digest, fresh=True):
                 return False
         # reserve(), not the cached exists(): fresh, and safe against a concurrent GC.
         if await self.blobs.reserve(digest) is None:
