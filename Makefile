@@ -31,7 +31,8 @@ PYTEST_ARGS ?= -n 4
 test: $(STAMP) tools/bin/helm
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-# Berth vs CNCF Distribution 2.8.2 on SeaweedFS and on the filesystem (see docs/performance.md).
+# Berth vs CNCF Distribution (3.1.1 from ../shared/bin, else Debian 2.8.2) on SeaweedFS and on
+# the filesystem, side by side (see docs/performance.md).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
