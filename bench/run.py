@@ -159,8 +159,11 @@ def start_distribution(workdir: Path, storage: dict[str, object], binary: str) -
     major = distribution_version(binary).split(".")[0]
     extra: dict[str, object] = {}
     if major == "3":
-        # As 3.x's sample config: descriptors cached in memory (never expired).
+        # As 3.x's sample config: descriptors cached in memory (never expired). 3.x addresses
+        # buckets virtual-host style unless told otherwise; SeaweedFS needs path style.
         extra = {"cache": {"blobdescriptor": "inmemory"}}
+        if "s3" in storage:
+            storage = {"s3": {**storage["s3"], "forcepathstyle": True}}  # type: ignore[dict-item]
     cfg.write_text(
         json.dumps(
             {
