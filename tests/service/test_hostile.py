@@ -1,29 +1,34 @@
 """Malformed and hostile requests through the ASGI app.
 
 Every request here must get the OCI error envelope ``{"errors": [{"code", "message", "detail"}]}``
-with the spec's code and status, and must leave storage exactly as it was: the set of files under
-the storage root and their bytes are compared before and after (upload sessions the test opened
-itself are left out of the comparison).
+with the spec's code and status, and must leave storage exactly as it was: the set of objects in
+storage and their bytes are compared before and after (upload sessions the test opened itself are
+left out of the comparison). Every test runs on every storage driver (tests/service/conftest.py),
+and reads storage through the app's driver, below the registry's caches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from aiobotocore.session import AioSession, get_session
 
 from berth.app import create_app
-from berth.config import Settings
+from berth.storage.driver import ObjectInfo, PathNotFound, StorageDriver
+from berth.storage.factory import create_driver
+from berth.storage.s3 import S3Driver
 
-from .conftest import push_blob, push_image, sha256
+from .conftest import Backend, push_blob, push_image, sha256
 
 REPO = "hostile/app"
 OTHER = "hostile/other"
@@ -38,34 +43,77 @@ SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 LIMIT = 4 * 1024 * 1024
 UNKNOWN = "sha256:" + "0" * 64
 UNKNOWN_UPLOAD = "00000000-0000-4000-8000-000000000000"
+MTIME_MARGIN = 1.5  # seconds: S3's whole-second modification times, and clock reading slack
 
 
 @dataclass
 class Env:
     client: httpx.AsyncClient
-    root: Path
+    storage: StorageDriver  # the app's driver (the registry's caches sit above it)
+    backend: Backend
     config: str = ""  # digest of a config blob in REPO
+    config_size: int = 0
     layer: bytes = b""
     layer_digest: str = ""
     image: str = ""  # digest of the image tagged REPO:latest
     opened: set[str] = field(default_factory=set)  # upload ids this test opened
+    # Bytes read so far, by (key, size, modified), with the time each GET was sent.
+    _read: dict[tuple[str, int, float], tuple[bytes, float]] = field(default_factory=dict)
+    requests: int = 0  # requests sent so far (counted by the client's event hook)
+    # The last snapshot ``expect`` took, with ``requests`` then: the next ``expect`` starts
+    # from it when no request has been sent since (tests write storage only by requests).
+    _last: tuple[int, dict[str, bytes]] | None = None
 
-    def snapshot(self) -> dict[str, bytes]:
-        """Every file under the root with its bytes, minus the sessions the test opened.
+    async def snapshot(self) -> dict[str, bytes]:
+        """Every object in storage with its bytes, minus the sessions the test opened.
 
         A blob's ``touch`` is left out where the blob exists: writers rewrite it to hold off a
         concurrent GC (docs/gc.md) even when the request then fails. A ``touch`` without the
-        blob's ``data`` is garbage a failed request left behind, and is counted.
+        blob's ``data`` is garbage a failed request left behind, and is counted. The S3
+        writer's own objects (``….berth-mpu`` state, ``….berth-tail-…`` parts, which ``walk``
+        shows and ``list`` hides) live beside the upload's ``data``, inside its session, so
+        they are left out with the session, and counted anywhere else.
         """
-        files = {}
-        for path in self.root.rglob("*"):
-            rel = path.relative_to(self.root).as_posix()
-            if not path.is_file() or any(f"/_uploads/{u}/" in rel for u in self.opened):
+        infos: list[ObjectInfo] = []
+        async for info in self.storage.walk(""):
+            if info.key.endswith("/"):
+                continue  # a directory entry some stores (SeaweedFS) keep: not an object
+            if any(f"/_uploads/{u}/" in info.key for u in self.opened):
                 continue
-            if path.name == "touch" and (path.parent / "data").exists():
-                continue
-            files[rel] = path.read_bytes()
-        return files
+            infos.append(info)
+        keys = {info.key for info in infos}
+        infos = [
+            i
+            for i in infos
+            if not (i.key.endswith("/touch") and i.key[: -len("touch")] + "data" in keys)
+        ]
+        sent = time.time()
+        fresh = [i for i in infos if not self._still_read(i)]
+        found = await asyncio.gather(*(self._get(i.key) for i in fresh))
+        for info, data in zip(fresh, found, strict=True):
+            self._read[(info.key, info.size, info.modified)] = (data, sent)
+        return {i.key: self._read[(i.key, i.size, i.modified)][0] for i in infos}
+
+    def _still_read(self, info: ObjectInfo) -> bool:
+        """Whether bytes read earlier are still the object's: one walk per snapshot, and a GET
+        only where they may not be. An object rewritten after a GET sent at ``t`` has a
+        modification time of at least ``t - 1`` (S3 keeps whole seconds); so the same size
+        and modification time, older than that by a margin, mean the same bytes."""
+        read = self._read.get((info.key, info.size, info.modified))
+        return read is not None and info.modified < read[1] - MTIME_MARGIN
+
+    async def _get(self, key: str) -> bytes:
+        try:
+            return await self.storage.get(key)
+        except PathNotFound:  # gone since the walk: the next walk shows the change
+            return b"<gone>"
+
+    async def stored(self, name: str) -> list[str]:
+        """Keys with a segment ``name`` (on the filesystem also directories, empty or not)."""
+        found = [i.key async for i in self.storage.walk("") if name in i.key.split("/")]
+        if self.backend.kind == "filesystem":
+            found += [p.as_posix() for p in self.backend.root.rglob(name)]
+        return found
 
     async def session(self, name: str = REPO) -> str:
         r = await self.client.post(f"/v2/{name}/blobs/uploads/")
@@ -82,14 +130,18 @@ class Env:
         **kwargs: Any,
     ) -> httpx.Response:
         """Send one request; check status, the error envelope and that storage is unchanged."""
-        before = self.snapshot()
+        if self._last is not None and self._last[0] == self.requests:
+            before = self._last[1]
+        else:
+            before = await self.snapshot()
         r = await self.client.request(method, url, **kwargs)
         assert r.status_code == status, (method, url, r.status_code, r.text)
         if code is not None and method != "HEAD":
             assert_envelope(r, code)
         if r.status_code == 202 and "Docker-Upload-UUID" in r.headers:
             self.opened.add(r.headers["Docker-Upload-UUID"])  # a session this request opened
-        after = self.snapshot()
+        after = await self.snapshot()
+        self._last = (self.requests, after)
         assert after.keys() == before.keys(), (
             f"storage changed: added {sorted(after.keys() - before.keys())}, "
             f"removed {sorted(before.keys() - after.keys())}"
@@ -115,27 +167,44 @@ def assert_envelope(r: httpx.Response, code: str) -> None:
     assert isinstance(error["message"], str) and error["message"]
 
 
+@functools.cache
+def _aio_session() -> AioSession:
+    return get_session()
+
+
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    root = tmp_path / "registry"
-    settings = Settings(
-        storage={"filesystem": {"root": root}, "redirect": False},
-        observability={"access_log": False},
-    )
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
-        e = Env(client, root)
-        # Something in storage, so that "unchanged" means something: a tagged image, a blob.
-        e.image, body = await push_image(client, REPO, "latest")
-        e.config = json.loads(body)["config"]["digest"]
-        e.layer = b"hostile layer bytes" * 10
-        e.layer_digest = await push_blob(client, REPO, e.layer)
-        yield e
+async def env(backend: Backend) -> AsyncIterator[Env]:
+    # One driver serves the app and the snapshots, and S3 drivers share one botocore session
+    # (a new one loads the service model again: more than the rest of a test costs).
+    # The registry's caches sit above the driver, so snapshots see what is in storage.
+    settings = backend.settings(redirect=False)
+    if settings.storage.driver == "s3":
+        storage: StorageDriver = S3Driver(settings.storage.s3, session=_aio_session())
+    else:
+        storage = create_driver(settings)
+    await storage.start()
+    try:
+        transport = httpx.ASGITransport(app=create_app(settings, driver=storage))
+        async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
+            e = Env(client, storage, backend)
+
+            async def count(_request: httpx.Request) -> None:
+                e.requests += 1
+
+            client.event_hooks["request"].append(count)
+            # Something in storage, so that "unchanged" means something: a tagged image, a blob.
+            e.image, body = await push_image(client, REPO, "latest")
+            config = json.loads(body)["config"]
+            e.config, e.config_size = config["digest"], config["size"]
+            e.layer = b"hostile layer bytes" * 10
+            e.layer_digest = await push_blob(client, REPO, e.layer)
+            yield e
+    finally:
+        await storage.close()
 
 
 def manifest(env: Env, **overrides: Any) -> dict[str, Any]:
-    config = {"mediaType": OCI_CONFIG, "digest": env.config, "size": _size_of(env, env.config)}
+    config = {"mediaType": OCI_CONFIG, "digest": env.config, "size": env.config_size}
     layer = {"mediaType": OCI_LAYER, "digest": env.layer_digest, "size": len(env.layer)}
     m: dict[str, Any] = {
         "schemaVersion": 2,
@@ -148,12 +217,6 @@ def manifest(env: Env, **overrides: Any) -> dict[str, Any]:
 
 
 _DROP = object()
-
-
-def _size_of(env: Env, digest: str) -> int:
-    hex_ = digest.split(":", 1)[1]
-    path = env.root / f"docker/registry/v2/blobs/sha256/{hex_[:2]}/{hex_}/data"
-    return path.stat().st_size
 
 
 def body_of(m: Any) -> bytes:
@@ -171,6 +234,23 @@ async def test_valid_manifest_is_accepted(env: Env) -> None:
         headers={"Content-Type": OCI_MANIFEST},
     )
     assert r.status_code == 201, r.text
+
+
+async def test_snapshot_sees_a_rewrite_of_the_same_size(env: Env) -> None:
+    """The harness itself: a tag link rewritten to another digest (same size, and on S3 maybe
+    the same second) is a change, whether or not the snapshot had the object's bytes already."""
+    link = f"docker/registry/v2/repositories/{REPO}/_manifests/tags/latest/current/link"
+    original = await env.storage.get(link)
+    for settle in (0.0, MTIME_MARGIN + 1.0):  # bytes read just now; bytes old enough to reuse
+        await asyncio.sleep(settle)
+        before = await env.snapshot()
+        assert before[link] == original
+        await env.storage.put(link, env.config.encode())
+        assert len(env.config.encode()) == len(original)
+        after = await env.snapshot()
+        assert after[link] == env.config.encode(), settle
+        await env.storage.put(link, original)
+        assert (await env.snapshot())[link] == original
 
 
 # --- manifests: bad JSON, media types, schema 1 ---------------------------------------------
@@ -580,6 +660,7 @@ async def _raw_get(env: Env, path: bytes) -> tuple[int, bytes]:
     }
     transport = env.client._transport
     assert isinstance(transport, httpx.ASGITransport)
+    env.requests += 1
     await transport.app(scope, receive, send)
     start = next(m for m in messages if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
@@ -588,12 +669,12 @@ async def _raw_get(env: Env, path: bytes) -> tuple[int, bytes]:
 
 async def test_plain_dot_dot_in_path_never_reaches_storage(env: Env) -> None:
     """A client that does not normalise ``..`` itself: the server sees the raw segments."""
-    before = env.snapshot()
+    before = await env.snapshot()
     for path in (b"/v2/../../etc/tags/list", b"/v2/hostile/../../x/tags/list"):
         status, body = await _raw_get(env, path)
         assert status == 400, body
         assert json.loads(body)["errors"][0]["code"] == "NAME_INVALID"
-    assert env.snapshot() == before
+    assert await env.snapshot() == before
 
 
 # --- tags and references ---------------------------------------------------------------------
@@ -856,8 +937,8 @@ async def test_put_with_wrong_digest_stores_nothing(env: Env) -> None:
     await env.expect("HEAD", f"/v2/{REPO}/blobs/{wrong}", 404, None)
     await env.expect("HEAD", f"/v2/{REPO}/blobs/{sha256(data)}", 404, None)
     await env.expect("GET", location, 404, "BLOB_UPLOAD_UNKNOWN")
-    assert not list(env.root.rglob(wrong.split(":")[1]))
-    assert not list(env.root.rglob(sha256(data).split(":")[1]))
+    assert not await env.stored(wrong.split(":")[1])
+    assert not await env.stored(sha256(data).split(":")[1])
 
 
 async def test_put_with_wrong_digest_and_final_chunk(env: Env) -> None:
@@ -873,7 +954,7 @@ async def test_put_with_wrong_digest_and_final_chunk(env: Env) -> None:
         headers={"Content-Range": "0-10"},
     )
     await env.expect("HEAD", f"/v2/{REPO}/blobs/{sha256(b'final chunk')}", 404, None)
-    assert not list(env.root.rglob(hashlib.sha256(b"final chunk").hexdigest()))
+    assert not await env.stored(hashlib.sha256(b"final chunk").hexdigest())
 
 
 async def test_monolithic_post_with_wrong_digest(env: Env) -> None:
@@ -887,8 +968,8 @@ async def test_monolithic_post_with_wrong_digest(env: Env) -> None:
             params={"digest": wrong},
             content=data,
         )
-    assert not list(env.root.rglob(hashlib.sha256(data).hexdigest()))
-    assert not list(env.root.rglob(hashlib.sha512(data).hexdigest()))
+    assert not await env.stored(hashlib.sha256(data).hexdigest())
+    assert not await env.stored(hashlib.sha512(data).hexdigest())
 
 
 async def test_sha512_mismatch(env: Env) -> None:
@@ -900,7 +981,7 @@ async def test_sha512_mismatch(env: Env) -> None:
     await env.expect("PUT", location, 400, "DIGEST_INVALID", params={"digest": wrong})
     # The right sha256 for the same bytes does not rescue a wrong sha512: the session is gone.
     await env.expect("PUT", location, 404, "BLOB_UPLOAD_UNKNOWN", params={"digest": sha256(data)})
-    assert not list(env.root.rglob(hashlib.sha512(data).hexdigest()))
+    assert not await env.stored(hashlib.sha512(data).hexdigest())
 
 
 async def test_put_without_digest(env: Env) -> None:
