@@ -26,6 +26,8 @@ CONFIG_KEY = "config.yaml"
 DATA_DIR = "/var/lib/berth"
 AUTH_DIR = f"{CONFIG_DIR}/auth"
 RUN_AS = 10001
+METRICS_PORT = 9090  # observability.metrics_port of every registry pod
+SHUTDOWN_MARGIN = 5  # seconds between the server's shutdown timeout and SIGKILL
 
 CHECKSUM_ANNOTATION = "berth.dev/config-checksum"
 REGISTRY_LABEL = "berth.dev/registry"
@@ -46,6 +48,15 @@ def config_map_name(name: str) -> str:
 
 def pvc_name(name: str) -> str:
     return f"{name}-data"
+
+
+def node_setup_name(name: str) -> str:
+    return f"{name}-node-setup"
+
+
+def selector_string(name: str) -> str:
+    """The registry pods' label selector as a string (``status.selector``, for ``scale``)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -122,8 +133,37 @@ def validate_registry_spec(spec: Obj) -> None:
     for key in ("host", "port"):
         if key in extra_http:
             problems.append(f"config.http.{key} is set by the operator and cannot be overridden")
+    problems += _serving_problems(spec)
     if problems:
         raise SpecError("; ".join(problems))
+
+
+def _serving_problems(spec: Obj) -> list[str]:
+    problems: list[str] = []
+    if spec["preStopDelaySeconds"] + SHUTDOWN_MARGIN >= spec["terminationGracePeriodSeconds"]:
+        problems.append(
+            f"terminationGracePeriodSeconds must exceed preStopDelaySeconds by more than "
+            f"{SHUTDOWN_MARGIN} seconds (time for requests in flight to finish)"
+        )
+    if spec["service"]["metricsPort"] == spec["service"]["port"]:
+        problems.append("service.metricsPort must differ from service.port")
+    gateway = spec["gateway"]
+    if gateway["enabled"] and not gateway.get("parentRefs"):
+        problems.append("gateway.parentRefs is required when gateway.enabled is true")
+    certificate = spec["certificate"]
+    if certificate["enabled"]:
+        if not certificate.get("issuerRef"):
+            problems.append("certificate.issuerRef is required when certificate.enabled is true")
+        if not certificate_dns_names(spec):
+            problems.append("certificate.dnsNames (or ingress.host, gateway.hostnames) is required")
+    node = spec["nodeSetup"]
+    if (
+        node["enabled"]
+        and node.get("caConfigMap")
+        and not node.get("endpoint", "").startswith("https://")
+    ):
+        problems.append("nodeSetup.caConfigMap needs an https nodeSetup.endpoint")
+    return problems
 
 
 # --------------------------------------------------------------------------- registry config
@@ -250,7 +290,65 @@ def registry_config(spec: Obj) -> Obj:
     auth = auth_parts(spec).config
     if auth is not None:
         config["auth"] = auth
-    return deep_merge(config, spec.get("config") or {})
+    merged = deep_merge(config, spec.get("config") or {})
+    # Dedicated fields win over spec.config (config_conflicts names what was overridden), and
+    # what the pod's ports and lifecycle depend on is the operator's.
+    merged["storage"] = deep_merge(merged.get("storage") or {}, store)
+    merged["http"] = deep_merge(merged.get("http") or {}, operator_http_settings(spec))
+    merged["observability"]["metrics_port"] = METRICS_PORT
+    return merged
+
+
+def shutdown_timeout(spec: Obj) -> int:
+    """The server's graceful shutdown timeout: what is left of the grace period after the
+    preStop delay, minus a margin for the process to exit before SIGKILL."""
+    grace = spec["terminationGracePeriodSeconds"] - spec["preStopDelaySeconds"]
+    return max(1, grace - SHUTDOWN_MARGIN)
+
+
+def operator_http_settings(spec: Obj) -> Obj:
+    return {
+        "host": "0.0.0.0",
+        "port": HTTP_PORT,
+        "shutdown_timeout_seconds": shutdown_timeout(spec),
+    }
+
+
+def _leaves(value: Any, prefix: str) -> list[tuple[str, Any]]:
+    if isinstance(value, dict) and value:
+        return [leaf for k, v in value.items() for leaf in _leaves(v, f"{prefix}.{k}")]
+    return [(prefix, value)]
+
+
+def config_conflicts(spec: Obj) -> list[str]:
+    """Keys of ``spec.config`` that contradict a dedicated field (``spec.storage`` today): the
+    dedicated field wins; the Registry's ``ConfigOverridden`` condition lists these."""
+    extra = spec.get("config") or {}
+    generated = registry_config({**spec, "config": {}})
+    found = []
+    for path, value in _leaves(extra.get("storage") or {}, "storage"):
+        node: Any = generated
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if node is not None and not isinstance(node, dict) and node != value:
+            found.append(f"config.{path}={value!r} (spec.storage sets {node!r})")
+    observability = extra.get("observability") or {}
+    if "metrics_port" in observability and observability["metrics_port"] != METRICS_PORT:
+        found.append(
+            f"config.observability.metrics_port={observability['metrics_port']!r} "
+            f"(the operator serves metrics on {METRICS_PORT})"
+        )
+    http = extra.get("http") or {}
+    if "shutdown_timeout_seconds" in http and http["shutdown_timeout_seconds"] != shutdown_timeout(
+        spec
+    ):
+        found.append(
+            "config.http.shutdown_timeout_seconds (derived from terminationGracePeriodSeconds "
+            "and preStopDelaySeconds)"
+        )
+    return found
 
 
 def render_config(config: Obj) -> str:
@@ -269,8 +367,12 @@ POD_SECURITY_CONTEXT: Obj = {
     "runAsUser": RUN_AS,
     "runAsGroup": RUN_AS,
     "fsGroup": RUN_AS,
+    # Change volume ownership only when its root does not match already: a large volume is not
+    # walked on every pod start (that delays rollouts by minutes).
+    "fsGroupChangePolicy": "OnRootMismatch",
     "seccompProfile": {"type": "RuntimeDefault"},
 }
+PLATFORM_ASSIGNED = ("runAsUser", "runAsGroup", "fsGroup")
 
 CONTAINER_SECURITY_CONTEXT: Obj = {
     "allowPrivilegeEscalation": False,
@@ -324,6 +426,9 @@ def pod_parts(name: str, spec: Obj) -> PodParts:
     auth = auth_parts(spec)
     volumes += auth.volumes
     mounts += auth.mounts
+    volumes += copy.deepcopy(spec.get("extraVolumes") or [])
+    mounts += copy.deepcopy(spec.get("extraVolumeMounts") or [])
+    env += copy.deepcopy(spec.get("env") or [])
     return PodParts(volumes=volumes, mounts=mounts, env=env)
 
 
@@ -331,11 +436,21 @@ def _image(spec: Obj, default_image: str) -> str:
     return str(spec.get("image") or default_image)
 
 
+def pod_security_context(spec: Obj) -> Obj:
+    context = copy.deepcopy(POD_SECURITY_CONTEXT)
+    if spec.get("platformAssignsUID"):
+        # OpenShift's restricted-v2 assigns a UID (and fsGroup) from the namespace's range and
+        # refuses pods that ask for another one.
+        for key in PLATFORM_ASSIGNED:
+            context.pop(key)
+    return context
+
+
 def _pod_common(spec: Obj) -> Obj:
     pod: Obj = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+        "securityContext": pod_security_context(spec),
     }
     if spec.get("serviceAccountName"):
         pod["serviceAccountName"] = spec["serviceAccountName"]
@@ -389,7 +504,10 @@ def build_deployment(name: str, namespace: str, spec: Obj, default_image: str) -
         "image": _image(spec, default_image),
         "imagePullPolicy": spec["imagePullPolicy"],
         "command": ["berth", "serve", "--config", CONFIG_PATH],
-        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
             "initialDelaySeconds": 5,
@@ -409,22 +527,33 @@ def build_deployment(name: str, namespace: str, spec: Obj, default_image: str) -
     }
     if parts.env:
         container["env"] = parts.env
+    if spec["preStopDelaySeconds"] > 0:
+        # Keep serving while endpoints and load balancers stop sending new requests; SIGTERM
+        # follows (then /readyz answers 503 and requests in flight finish).
+        container["lifecycle"] = {
+            "preStop": {"exec": {"command": ["sleep", str(spec["preStopDelaySeconds"])]}}
+        }
     pod = _pod_common(spec)
+    spread = spec.get("topologySpreadConstraints") or [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(name)},
+        }
+    ]
     pod.update(
         {
             "containers": [container],
             "volumes": parts.volumes,
-            "terminationGracePeriodSeconds": 30,
-            "topologySpreadConstraints": [
-                {
-                    "maxSkew": 1,
-                    "topologyKey": "kubernetes.io/hostname",
-                    "whenUnsatisfiable": "ScheduleAnyway",
-                    "labelSelector": {"matchLabels": selector_labels(name)},
-                }
-            ],
+            "terminationGracePeriodSeconds": spec["terminationGracePeriodSeconds"],
+            "topologySpreadConstraints": copy.deepcopy(spread),
         }
     )
+    if spec.get("priorityClassName"):
+        pod["priorityClassName"] = spec["priorityClassName"]
+    if spec.get("affinity"):
+        pod["affinity"] = copy.deepcopy(spec["affinity"])
     annotations = dict(spec.get("podAnnotations") or {})
     annotations[CHECKSUM_ANNOTATION] = checksum(config_text)
     deployment_spec: Obj = {
@@ -455,11 +584,18 @@ def build_service(name: str, namespace: str, spec: Obj) -> Obj:
     port: Obj = {"name": "http", "port": svc["port"], "targetPort": "http", "protocol": "TCP"}
     if svc["type"] != "ClusterIP" and svc.get("nodePort"):
         port["nodePort"] = svc["nodePort"]
+    metrics: Obj = {
+        "name": "metrics",
+        "port": svc["metricsPort"],
+        "targetPort": "metrics",
+        "protocol": "TCP",
+    }
+    annotations = dict(svc.get("annotations") or {})
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(name, namespace, registry_labels(name)),
-        "spec": {"type": svc["type"], "selector": selector_labels(name), "ports": [port]},
+        "metadata": _meta(name, namespace, registry_labels(name), annotations=annotations),
+        "spec": {"type": svc["type"], "selector": selector_labels(name), "ports": [port, metrics]},
     }
 
 
@@ -487,6 +623,7 @@ def build_hpa(name: str, namespace: str, spec: Obj) -> Obj | None:
                     },
                 }
             ],
+            **({"behavior": copy.deepcopy(scaling["behavior"])} if scaling.get("behavior") else {}),
         },
     }
 
@@ -518,7 +655,7 @@ def build_service_monitor(name: str, namespace: str, spec: Obj) -> Obj | None:
         "spec": {
             "selector": {"matchLabels": selector_labels(name)},
             "namespaceSelector": {"matchNames": [namespace]},
-            "endpoints": [{"port": "http", "path": "/metrics", "interval": monitor["interval"]}],
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": monitor["interval"]}],
         },
     }
 
@@ -551,8 +688,11 @@ def build_ingress(name: str, namespace: str, spec: Obj) -> Obj | None:
     }
     if ingress.get("className"):
         ingress_spec["ingressClassName"] = ingress["className"]
-    if ingress.get("tlsSecretName"):
-        ingress_spec["tls"] = [{"hosts": [ingress["host"]], "secretName": ingress["tlsSecretName"]}]
+    tls_secret = ingress.get("tlsSecretName") or (
+        certificate_secret(name, spec) if spec["certificate"]["enabled"] else None
+    )
+    if tls_secret:
+        ingress_spec["tls"] = [{"hosts": [ingress["host"]], "secretName": tls_secret}]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
@@ -561,12 +701,270 @@ def build_ingress(name: str, namespace: str, spec: Obj) -> Obj | None:
     }
 
 
+# --------------------------------------------------------------------------- network and node
+
+
+def build_network_policy(name: str, namespace: str, spec: Obj) -> Obj | None:
+    """Ingress to the registry pods: the API port from ``networkPolicy.from`` (empty: anyone), the
+    metrics port from ``metricsFrom`` (empty: any namespace), and the operator's storage probe."""
+    policy = spec["networkPolicy"]
+    if not policy["enabled"]:
+        return None
+    api_rule: Obj = {"ports": [{"port": "http", "protocol": "TCP"}]}
+    if policy.get("from"):
+        api_rule["from"] = copy.deepcopy(policy["from"])
+    rules = [api_rule]
+    if policy.get("from"):
+        operator_pods = {
+            "namespaceSelector": {},
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "berth",
+                    "app.kubernetes.io/component": "operator",
+                }
+            },
+        }
+        rules.append({"ports": [{"port": "http", "protocol": "TCP"}], "from": [operator_pods]})
+    rules.append(
+        {
+            "ports": [{"port": "metrics", "protocol": "TCP"}],
+            "from": copy.deepcopy(policy.get("metricsFrom") or [{"namespaceSelector": {}}]),
+        }
+    )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(name, namespace, registry_labels(name)),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(name)},
+            "policyTypes": ["Ingress"],
+            "ingress": rules,
+        },
+    }
+
+
+def node_setup_host(name: str, namespace: str, spec: Obj) -> str:
+    """The registry's name in image references on the nodes."""
+    return str(spec["nodeSetup"].get("host") or f"{name}.{namespace}.svc:{spec['service']['port']}")
+
+
+def node_setup_endpoint(spec: Obj, cluster_ip: str | None) -> str | None:
+    """What containerd connects to: the given endpoint, else plain HTTP to the Service's
+    cluster IP (None until the Service has one)."""
+    node = spec["nodeSetup"]
+    if node.get("endpoint"):
+        return str(node["endpoint"]).rstrip("/")
+    if not cluster_ip or cluster_ip == "None":
+        return None
+    host = f"[{cluster_ip}]" if ":" in cluster_ip else cluster_ip
+    return f"http://{host}:{spec['service']['port']}"
+
+
+def hosts_toml(host: str, endpoint: str, spec: Obj) -> str:
+    """containerd's ``certs.d/<host>/hosts.toml`` for this registry."""
+    node = spec["nodeSetup"]
+    lines = [
+        "# Written by berth-operator's node-setup DaemonSet; edits are overwritten.",
+        f'server = "{endpoint}"',
+        "",
+        f'[host."{endpoint}"]',
+        '  capabilities = ["pull", "resolve"]',
+    ]
+    if node.get("caConfigMap"):
+        lines.append(f'  ca = "{node["certsDir"].rstrip("/")}/{host}/ca.crt"')
+    if node.get("skipVerify"):
+        lines.append("  skip_verify = true")
+    return "\n".join(lines) + "\n"
+
+
+NODE_SETUP_SCRIPT = """\
+set -eu
+dir="/host-certs.d/$REGISTRY_HOST"
+trap 'exit 0' TERM INT
+while true; do
+  mkdir -p "$dir"
+  if [ -f /berth/ca.crt ]; then
+    cp /berth/ca.crt "$dir/.ca.crt" && mv "$dir/.ca.crt" "$dir/ca.crt"
+  fi
+  cp /berth/hosts.toml "$dir/.hosts.toml" && mv "$dir/.hosts.toml" "$dir/hosts.toml"
+  sleep 60 & wait $!
+done
+"""
+
+
+def build_node_setup(
+    name: str, namespace: str, spec: Obj, default_image: str, cluster_ip: str | None
+) -> list[Obj]:
+    """A ConfigMap with ``hosts.toml`` and a DaemonSet that keeps it in containerd's
+    ``certs.d`` on every node (OpenShift's node-ca does this for its registry). Empty when
+    disabled, or until the Service has a cluster IP to point at."""
+    node = spec["nodeSetup"]
+    endpoint = node_setup_endpoint(spec, cluster_ip)
+    if not node["enabled"] or endpoint is None:
+        return []
+    host = node_setup_host(name, namespace, spec)
+    object_name = node_setup_name(name)
+    labels = {
+        "app.kubernetes.io/name": "berth",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "node-setup",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        REGISTRY_LABEL: name,
+    }
+    selector = {k: labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
+    selector["app.kubernetes.io/component"] = "node-setup"
+    config_map: Obj = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(object_name, namespace, labels),
+        "data": {"hosts.toml": hosts_toml(host, endpoint, spec)},
+    }
+    sources: list[Obj] = [
+        {"configMap": {"name": object_name, "items": [{"key": "hosts.toml", "path": "hosts.toml"}]}}
+    ]
+    if node.get("caConfigMap"):
+        ca = node["caConfigMap"]
+        sources.append(
+            {
+                "configMap": {
+                    "name": ca["name"],
+                    "items": [{"key": ca.get("key", "ca.crt"), "path": "ca.crt"}],
+                }
+            }
+        )
+    container: Obj = {
+        "name": "hosts-toml",
+        "image": str(node.get("image") or _image(spec, default_image)),
+        "imagePullPolicy": spec["imagePullPolicy"],
+        "command": ["/bin/sh", "-c", NODE_SETUP_SCRIPT],
+        "env": [{"name": "REGISTRY_HOST", "value": host}],
+        "resources": {
+            "requests": {"cpu": "5m", "memory": "16Mi"},
+            "limits": {"memory": "32Mi"},
+        },
+        # Root, to write into the node's root-owned certs.d; nothing else: no capabilities,
+        # a read-only image, one hostPath directory.
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "config", "mountPath": "/berth", "readOnly": True},
+            {"name": "certs-d", "mountPath": "/host-certs.d"},
+        ],
+    }
+    pod: Obj = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "terminationGracePeriodSeconds": 5,
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "projected": {"sources": sources}},
+            {
+                "name": "certs-d",
+                "hostPath": {"path": node["certsDir"], "type": "DirectoryOrCreate"},
+            },
+        ],
+        "tolerations": copy.deepcopy(node.get("tolerations") or [{"operator": "Exists"}]),
+    }
+    if node.get("nodeSelector"):
+        pod["nodeSelector"] = dict(node["nodeSelector"])
+    if spec.get("imagePullSecrets"):
+        pod["imagePullSecrets"] = copy.deepcopy(spec["imagePullSecrets"])
+    daemon_set: Obj = {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": _meta(object_name, namespace, labels),
+        "spec": {
+            "selector": {"matchLabels": selector},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
+    return [config_map, daemon_set]
+
+
+def certificate_secret(name: str, spec: Obj) -> str:
+    cert = spec["certificate"]
+    return str(cert.get("secretName") or spec["ingress"].get("tlsSecretName") or f"{name}-tls")
+
+
+def certificate_dns_names(spec: Obj) -> list[str]:
+    names = list(spec["certificate"].get("dnsNames") or [])
+    if not names:
+        if spec["ingress"]["enabled"] and spec["ingress"].get("host"):
+            names.append(spec["ingress"]["host"])
+        names += [h for h in spec["gateway"].get("hostnames") or [] if h not in names]
+    return names
+
+
+def build_certificate(name: str, namespace: str, spec: Obj) -> Obj | None:
+    """A cert-manager Certificate for the registry's public host names."""
+    cert = spec["certificate"]
+    if not cert["enabled"]:
+        return None
+    issuer = cert["issuerRef"]
+    return {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": _meta(name, namespace, registry_labels(name)),
+        "spec": {
+            "secretName": certificate_secret(name, spec),
+            "dnsNames": certificate_dns_names(spec),
+            "issuerRef": {
+                "name": issuer["name"],
+                "kind": issuer.get("kind", "ClusterIssuer"),
+                "group": issuer.get("group", "cert-manager.io"),
+            },
+        },
+    }
+
+
+def build_http_route(name: str, namespace: str, spec: Obj) -> Obj | None:
+    """A Gateway API HTTPRoute to the Service's API port (never the metrics port)."""
+    gateway = spec["gateway"]
+    if not gateway["enabled"]:
+        return None
+    hostnames = list(gateway.get("hostnames") or [])
+    if not hostnames and spec["ingress"].get("host"):
+        hostnames = [spec["ingress"]["host"]]
+    route_spec: Obj = {
+        "parentRefs": copy.deepcopy(gateway["parentRefs"]),
+        "rules": [
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "backendRefs": [{"name": name, "port": spec["service"]["port"]}],
+            }
+        ],
+    }
+    if hostnames:
+        route_spec["hostnames"] = hostnames
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": _meta(name, namespace, registry_labels(name)),
+        "spec": route_spec,
+    }
+
+
 def build_registry_objects(
-    body: Obj, default_image: str, *, service_monitor_supported: bool = True
+    body: Obj,
+    default_image: str,
+    *,
+    service_monitor_supported: bool = True,
+    gateway_supported: bool = True,
+    cert_manager_supported: bool = True,
+    cluster_ip: str | None = None,
 ) -> list[Obj]:
     """Every object a Registry owns, in apply order, with owner references set.
 
     The PVC, if any, is returned too but without an owner reference (data is never deleted).
+    Objects of APIs the cluster lacks (``*_supported``) are left out; the node-setup DaemonSet
+    needs the Service's ``cluster_ip`` unless ``nodeSetup.endpoint`` is set.
     """
     name = body["metadata"]["name"]
     namespace = body["metadata"]["namespace"]
@@ -579,7 +977,11 @@ def build_registry_objects(
         build_hpa(name, namespace, spec),
         build_pdb(name, namespace, spec),
         build_service_monitor(name, namespace, spec) if service_monitor_supported else None,
+        build_certificate(name, namespace, spec) if cert_manager_supported else None,
         build_ingress(name, namespace, spec),
+        build_http_route(name, namespace, spec) if gateway_supported else None,
+        build_network_policy(name, namespace, spec),
+        *build_node_setup(name, namespace, spec, default_image, cluster_ip),
     ]
     result: list[Obj] = []
     pvc = build_pvc(name, namespace, spec)
@@ -620,13 +1022,19 @@ def gc_shell(spec: Obj) -> str:
     return f'{command} > {GC_RESULT_FILE}; rc=$?; cat {GC_RESULT_FILE}; exit "$rc"'
 
 
-def gc_job_hash(gc_spec: Obj, registry_spec: Obj) -> str:
-    relevant = {
-        "gc": gc_spec,
-        "storage": registry_spec["storage"],
-        "image": registry_spec.get("image"),
-    }
+# What a one-shot collection does: a change to one of these is a new run (a new Job name). Nothing
+# else -- the Registry's image or storage, ``suspend``, resources, deadlines -- renames the Job, so
+# an operator restart or a registry upgrade never runs a collection twice.
+GC_RUN_FIELDS = ("registryRef", "dryRun", "deleteUntagged", "gracePeriod")
+
+
+def gc_job_hash(gc_spec: Obj) -> str:
+    relevant = {key: gc_spec.get(key) for key in GC_RUN_FIELDS}
     return checksum(json.dumps(relevant, sort_keys=True))[:8]
+
+
+def gc_job_name(name: str, gc_spec: Obj) -> str:
+    return f"{name}-gc-{gc_job_hash(gc_spec)}"
 
 
 def build_gc_job_template(
@@ -658,7 +1066,7 @@ def build_gc_job_template(
     if parts.env:
         container["env"] = parts.env
     if gc_spec.get("resources"):
-        container["resources"] = copy.deepcopy(gc_spec["resources"])
+        container["resources"] = copy.deepcopy(gc_spec["resources"])  # defaulted by the CRD
     pod = _pod_common(registry_spec)
     pod.update({"restartPolicy": "Never", "containers": [container], "volumes": parts.volumes})
     storage = registry_spec["storage"]
@@ -676,6 +1084,7 @@ def build_gc_job_template(
         }
     return {
         "backoffLimit": gc_spec["backoffLimit"],
+        "activeDeadlineSeconds": gc_spec["activeDeadlineSeconds"],
         "template": {"metadata": {"labels": labels}, "spec": pod},
     }
 
@@ -716,9 +1125,10 @@ def build_gc_workload(body: Obj, registry: Obj, default_image: str) -> Obj:
             "metadata": _meta(f"{name}-gc", namespace, labels, ownerReferences=owner),
             "spec": cron_spec,
         }
-    # A Job's pod template is immutable: a changed spec is a new Job (named by its hash).
-    job_name = f"{name}-gc-{gc_job_hash(gc_spec, registry_spec)}"
+    # One run per GC_RUN_FIELDS: the handler creates it once and records it in status.
+    job_name = gc_job_name(name, gc_spec)
     job_spec["suspend"] = gc_spec["suspend"]
+    job_spec["ttlSecondsAfterFinished"] = gc_spec["ttlSecondsAfterFinished"]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

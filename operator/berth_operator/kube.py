@@ -37,6 +37,11 @@ KINDS: dict[str, tuple[str, str]] = {
     "Job": ("batch/v1", "jobs"),
     "Registry": ("berth.dev/v1alpha1", "registries"),
     "GarbageCollection": ("berth.dev/v1alpha1", "garbagecollections"),
+    "DaemonSet": ("apps/v1", "daemonsets"),
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
+    "HTTPRoute": ("gateway.networking.k8s.io/v1", "httproutes"),
+    "Certificate": ("cert-manager.io/v1", "certificates"),
+    "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions"),
 }
 
 
@@ -245,30 +250,120 @@ def with_last_applied(desired: Obj) -> Obj:
     return body
 
 
-async def apply(kube: Kube, desired: Obj, *, create_only: bool = False) -> str:
-    """Create ``desired`` or patch the live object towards it. Returns what was done:
-    ``created``, ``patched`` or ``unchanged``. Idempotent."""
-    meta = desired["metadata"]
-    current = await kube.get(desired["kind"], meta.get("namespace"), meta["name"])
-    body = with_last_applied(desired)
-    if current is None:
-        try:
-            await kube.create(body)
-        except ApiError as e:
-            if e.status != 409:
-                raise
-            return "unchanged"  # created concurrently; the next pass compares
-        return "created"
-    if create_only:
-        return "unchanged"
+class NameConflict(Exception):
+    """An object with the desired name exists and belongs to someone else: left untouched."""
+
+    def __init__(self, obj: Obj, holder: str) -> None:
+        meta = obj.get("metadata") or {}
+        self.kind = str(obj.get("kind"))
+        self.name = str(meta.get("name"))
+        super().__init__(
+            f"{self.kind} {self.name} already exists and is not managed by this resource "
+            f"({holder}); it was left untouched: delete or rename it"
+        )
+
+
+# Labels that tie an object to its owner without an owner reference (the data PVC has none).
+OWNER_LABELS = ("berth.dev/registry", "berth.dev/garbage-collection")
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+# Fields the operator hands over to another controller when it stops setting them: dropping them
+# from a patch (null) would make the API server default them (a Deployment's replicas to 1).
+RELINQUISHED: dict[str, tuple[tuple[str, ...], ...]] = {
+    "Deployment": (("spec", "replicas"),),
+}
+
+
+def ownership(desired: Obj, current: Obj) -> str | None:
+    """``None`` if ``current`` is the object ``desired`` describes (or an orphan of ours to
+    adopt), else who holds it."""
+    want = desired.get("metadata") or {}
+    have = current.get("metadata") or {}
+    refs = have.get("ownerReferences") or []
+    labels = have.get("labels") or {}
+    wanted_refs = want.get("ownerReferences") or []
+    if wanted_refs:
+        uid = wanted_refs[0].get("uid")
+        if any(r.get("uid") == uid for r in refs):
+            return None
+        controller = next((r for r in refs if r.get("controller")), None)
+        if controller is not None:
+            return f"controlled by {controller.get('kind')} {controller.get('name')}"
+    # No owner reference wanted (the PVC), or none held: ours if our labels say so.
+    wanted_labels = want.get("labels") or {}
+    mine = [k for k in OWNER_LABELS if k in wanted_labels]
+    if (
+        mine
+        and labels.get(MANAGED_BY_LABEL) == wanted_labels.get(MANAGED_BY_LABEL)
+        and all(labels.get(k) == wanted_labels[k] for k in mine)
+    ):
+        return None
+    return "not created by berth-operator for it"
+
+
+def _drop_relinquished(kind: str, patch: Obj, desired: Obj) -> None:
+    for path in RELINQUISHED.get(kind, ()):
+        node: Any = patch
+        wanted: Any = desired
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+            wanted = wanted.get(key) if isinstance(wanted, dict) else None
+        handed_over = not (isinstance(wanted, dict) and path[-1] in wanted)
+        if isinstance(node, dict) and path[-1] in node and node[path[-1]] is None and handed_over:
+            del node[path[-1]]
+            if not node and len(path) > 1:
+                _prune_empty(patch, path[:-1])
+
+
+def _prune_empty(patch: Obj, path: tuple[str, ...]) -> None:
+    parent: Any = patch
+    for key in path[:-1]:
+        parent = parent.get(key)
+    if isinstance(parent, dict) and parent.get(path[-1]) == {}:
+        del parent[path[-1]]
+
+
+def drift(desired: Obj, current: Obj) -> Obj:
+    """The patch ``apply`` would send to bring ``current`` to ``desired`` (empty: in sync)."""
     annotations = (current.get("metadata") or {}).get("annotations") or {}
     try:
         last = json.loads(annotations.get(LAST_APPLIED, "{}"))
     except ValueError:
         last = {}
-    patch = three_way_patch(last, body, current)
+    patch = three_way_patch(last, with_last_applied(desired), current)
     patch.pop("apiVersion", None)
     patch.pop("kind", None)
+    _drop_relinquished(str(desired["kind"]), patch, desired)
+    return patch
+
+
+async def apply(
+    kube: Kube, desired: Obj, *, create_only: bool = False, current: Obj | None = None
+) -> str:
+    """Create ``desired`` or patch the live object towards it. Returns what was done:
+    ``created``, ``patched`` or ``unchanged``. Idempotent.
+
+    An object of that name that is not ours (no owner reference to the same owner, or for an
+    unowned object such as the data PVC, not our labels) raises ``NameConflict`` and is not
+    touched. ``current``, when the caller has just seen the live object, saves the read.
+    """
+    meta = desired["metadata"]
+    if current is None:
+        current = await kube.get(desired["kind"], meta.get("namespace"), meta["name"])
+    if current is None:
+        try:
+            await kube.create(with_last_applied(desired))
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            return "unchanged"  # created concurrently; the next pass compares
+        return "created"
+    holder = ownership(desired, current)
+    if holder is not None:
+        raise NameConflict(desired, holder)
+    if create_only:
+        return "unchanged"
+    patch = drift(desired, current)
     if not patch:
         return "unchanged"
     await kube.patch(desired["kind"], meta.get("namespace"), meta["name"], patch)

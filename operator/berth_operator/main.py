@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -55,6 +56,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_LIVENESS,
         help=f"Liveness endpoint URL (default {DEFAULT_LIVENESS}; empty to disable).",
     )
+    parser.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=None,
+        help="Reconcile every resource this often, repairing drift no event reported "
+        "(default: $BERTH_OPERATOR_RESYNC_SECONDS or 300; 0 turns it off).",
+    )
     parser.add_argument("--verbose", action="store_true", help="Debug logging.")
     parser.add_argument(
         "--log-format", choices=["json", "plain", "full"], default="json", help="Log format."
@@ -71,7 +79,9 @@ async def run(
     """The operator's main coroutine (also what the tests run)."""
     import kopf
 
-    import berth_operator.handlers  # noqa: F401  (registers the handlers)
+    import berth_operator.handlers  # (registers the handlers)
+
+    berth_operator.handlers.watched_namespaces[:] = list(namespaces)
 
     await kopf.operator(
         clusterwide=not namespaces,
@@ -99,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, log_format=log_format)
     if not args.verbose:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if args.resync_seconds is not None:
+        os.environ["BERTH_OPERATOR_RESYNC_SECONDS"] = str(args.resync_seconds)
     asyncio.run(run(args.namespace, args.liveness))
     return 0
 

@@ -172,3 +172,44 @@ def gc_run_status(job: Obj, pods: list[Obj]) -> Obj:
                 if counts:
                     run["counts"] = counts
     return run
+
+
+def gc_conditions(
+    previous: list[Obj],
+    generation: int | None,
+    kind: str,
+    job_name: str,
+    suspended: bool,
+    last_run: Obj | None,
+    now: str,
+) -> list[Obj]:
+    """A GarbageCollection's conditions once its CronJob or Job is in place."""
+    run = last_run if last_run and last_run.get("jobName") == job_name else None
+    if suspended:
+        reason, message = "Suspended", f"{kind} {job_name} is suspended"
+    elif kind == "CronJob":
+        reason, message = "Scheduled", f"CronJob {job_name} is scheduled"
+    elif run and run.get("result") in ("Succeeded", "Failed"):
+        reason = "Completed"
+        message = (
+            f"Job {job_name} ran once ({run['result'].lower()}); a one-shot collection runs once "
+            "per spec: change dryRun, deleteUntagged or gracePeriod to run it again"
+        )
+    elif run:
+        reason, message = "Running", f"Job {job_name} is running"
+    else:
+        reason, message = "JobCreated", f"Job {job_name} is created"
+    failed = bool(run and run.get("result") == "Failed")
+    conditions = set_condition(previous, "Ready", True, reason, message, generation, now)
+    conditions = set_condition(
+        conditions, "Progressing", reason == "Running", reason, message, generation, now
+    )
+    return set_condition(
+        conditions,
+        "Degraded",
+        failed,
+        "JobFailed" if failed else "AsExpected",
+        f"Job {job_name} failed" if failed else "",
+        generation,
+        now,
+    )

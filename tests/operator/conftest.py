@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 import pytest_asyncio
 import yaml
 from k8s_emulator import FixedEmulator
+from rbac import access_of, allowed, operator_rules
 
 kmock = pytest.importorskip("kmock")
 
@@ -31,6 +34,8 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "autoscaling/v2/horizontalpodautoscalers": {"kind": "HorizontalPodAutoscaler"},
     "policy/v1/poddisruptionbudgets": {"kind": "PodDisruptionBudget"},
     "networking.k8s.io/v1/ingresses": {"kind": "Ingress"},
+    "networking.k8s.io/v1/networkpolicies": {"kind": "NetworkPolicy"},
+    "apps/v1/daemonsets": {"kind": "DaemonSet"},
     "batch/v1/cronjobs": {"kind": "CronJob"},
     "batch/v1/jobs": {"kind": "Job", "subresources": {"status"}},
 }
@@ -68,10 +73,11 @@ async def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         yield api
 
 
-@pytest_asyncio.fixture()
-async def operator(emulator: Any) -> AsyncIterator[Any]:
+@contextlib.asynccontextmanager
+async def operator_running(emulator: Any) -> AsyncIterator[Any]:
     """The operator's own main coroutine, on its own event loop in a thread (as kopf's
-    KopfRunner does): kopf waits for every other task of its loop when it stops."""
+    KopfRunner does): kopf waits for every other task of its loop when it stops. Entering it
+    again after it stopped is an operator restart."""
     from berth_operator import handlers
     from berth_operator.main import run
 
@@ -96,3 +102,33 @@ async def operator(emulator: Any) -> AsyncIterator[Any]:
         handlers._kube = None
     assert not thread.is_alive(), "the operator did not stop"
     assert not errors, errors
+
+
+@pytest_asyncio.fixture()
+async def operator(emulator: Any) -> AsyncIterator[Any]:
+    """The operator running against the emulator; afterwards, every request it made is checked
+    against the chart's RBAC rules."""
+    async with operator_running(emulator):
+        yield emulator
+    check_rbac(emulator)
+
+
+def check_rbac(api: Any) -> None:
+    """Every request the operator made in the test is allowed by the chart's RBAC rules."""
+    try:
+        rules = operator_rules()
+    except FileNotFoundError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(e))
+        return
+    denied = sorted(
+        {str(a) for r in api.client_requests() if (a := access_of(r)) and not allowed(a, rules)}
+    )
+    assert not denied, f"requests the chart's RBAC does not allow: {denied}"
+
+
+@pytest.fixture()
+def fast_resync(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A periodic resync every second (request it before ``operator``)."""
+    monkeypatch.setenv("BERTH_OPERATOR_RESYNC_SECONDS", "1")
+    return 1.0

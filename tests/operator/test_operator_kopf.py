@@ -32,6 +32,35 @@ def registry(name: str = "reg", **spec: Any) -> dict[str, Any]:
     }
 
 
+def sent(api: Any, plural: str, name: str) -> list[dict[str, Any]]:
+    """The bodies of every create or patch of ``plural``/``name`` the operator sent (as sent:
+    the emulator rewrites ``request.data`` in place as the API server would)."""
+    bodies = []
+    for request in api.client_requests():
+        if (
+            request.resource is not None
+            and request.resource.plural == plural
+            and request.method in ("POST", "PATCH")
+            and request.body
+        ):
+            data = json.loads(request.body)
+            if isinstance(data, dict) and name in (
+                request.name,
+                (data.get("metadata") or {}).get("name"),
+            ):
+                bodies.append(data)
+    return bodies
+
+
+def sent_replicas(api: Any, name: str) -> list[Any]:
+    """``spec.replicas`` in every create or patch of Deployment ``name`` the operator sent."""
+    return [
+        body["spec"]["replicas"]
+        for body in sent(api, "deployments", name)
+        if "replicas" in (body.get("spec") or {})
+    ]
+
+
 def live(api: Any, resource: str, name: str) -> dict[str, Any] | None:
     try:
         obj = api.objects[resource, NS, name]
@@ -113,17 +142,19 @@ async def test_registry_lifecycle(operator: Any) -> None:
     assert live(api, "v1/persistentvolumeclaims", "reg-data") is None  # s3: no volume
     deployment = live(api, "apps/v1/deployments", "reg")
     assert deployment is not None
-    assert "replicas" not in deployment["spec"]  # the HPA owns the replica count
+    # The HPA owns the replica count: the operator never sends it (the API server defaults it).
+    assert deployment["spec"]["replicas"] == 1
+    assert not sent_replicas(api, "reg")
     before = deployment["spec"]["template"]["metadata"]["annotations"][CHECKSUM]
     assert reg["status"]["configChecksum"] == before
 
-    # The Deployment becomes available: the Registry turns Ready.
+    # The HPA scales the Deployment, which becomes available: the Registry turns Ready.
+    await patch(api, "apps/v1/deployments", "reg", {"spec": {"replicas": 2}})
     await patch(
         api,
         "apps/v1/deployments",
         "reg",
         {
-            "spec": {"replicas": 2},
             "status": {
                 "observedGeneration": 99,
                 "replicas": 2,
@@ -371,4 +402,6 @@ async def test_service_monitor_only_where_its_crd_exists(operator: Any) -> None:
     )
     await patch(api, REG, "mon", {"spec": {"serviceMonitor": {"interval": "15s"}}})
     monitor = await eventually(lambda: live(api, "monitoring.coreos.com/v1/servicemonitors", "mon"))
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s"}
+    ]
