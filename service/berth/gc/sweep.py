@@ -57,6 +57,7 @@ LIST_PAGE_KEYS = 1000  # S3 ListObjectsV2 page
 BATCH_TARGET_SECONDS = 2.0
 BATCH_MIN_UNITS = 16
 BATCH_MAX_UNITS = 2000
+BATCHES_IN_FLIGHT = 2
 
 
 @dataclass(slots=True)
@@ -198,6 +199,7 @@ class Sweeper:
         for unit in units:
             groups[blob_prefix(unit.digest)].append(unit)
         pending = deque(groups[p] for p in sorted(groups))
+        inflight: set[asyncio.Future[None]] = set()
         while pending:
             # Whole prefixes per batch (each is listed once), split only when one is too big.
             batch: list[Unit] = []
@@ -209,13 +211,22 @@ class Sweeper:
                     batch, pending[0] = group[:room], group[room:]
                 else:
                     break
-            started = time.monotonic()
-            await self._batch(batch)
-            if self.adaptive:
-                per_unit = (time.monotonic() - started) / len(batch)
-                wanted = int(BATCH_TARGET_SECONDS / max(per_unit, 1e-6))
-                self.batch_units = max(BATCH_MIN_UNITS, min(BATCH_MAX_UNITS, wanted))
+            # Two batches in flight: the next one's tombstones go out while this one's
+            # listings and deletes (a few large requests) wait for answers.
+            inflight.add(asyncio.ensure_future(self._timed(batch)))
+            if len(inflight) >= BATCHES_IN_FLIGHT:
+                _done, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+        if inflight:
+            await asyncio.gather(*inflight)
         return self.stats
+
+    async def _timed(self, batch: list[Unit]) -> None:
+        started = time.monotonic()
+        await self._batch(batch)
+        if self.adaptive:
+            per_unit = (time.monotonic() - started) / len(batch)
+            wanted = int(BATCH_TARGET_SECONDS / max(per_unit, 1e-6))
+            self.batch_units = max(BATCH_MIN_UNITS, min(BATCH_MAX_UNITS, wanted))
 
     # -- one batch -------------------------------------------------------------------------------
 
