@@ -181,7 +181,11 @@ async def _probe_loop() -> None:
 
 
 async def probe_all_registries() -> None:
-    registries = await kube().list("Registry", None, "")
+    if watched_namespaces and not any(set(p) & set("*?[") for p in watched_namespaces):
+        # Named namespaces: list each (a namespaced Role is enough).
+        registries = [r for ns in watched_namespaces for r in await kube().list("Registry", ns, "")]
+    else:
+        registries = await kube().list("Registry", None, "")
     watched = [
         r
         for r in registries
@@ -419,9 +423,18 @@ async def probe_storage(registry: Obj) -> None:
     result = None
     if current.get("readyReplicas"):
         result = await storage_probe(storage_health_url(meta["name"], meta["namespace"], spec))
-    conditions = current.get("conditions") or []
-    updated = storage_conditions(conditions, result, meta.get("generation"), now_iso())
-    await _write_registry_status(registry, {"conditions": updated})
+    async with lock(meta["uid"]):
+        # Conditions are one list in a merge patch: start from the latest, under the lock the
+        # reconciliations take, so no concurrent status write is lost.
+        try:
+            latest = await kube().get("Registry", meta["namespace"], meta["name"])
+        except ApiError as e:
+            raise temporary(e, "reading the Registry") from e
+        if latest is None or latest["metadata"].get("uid") != meta["uid"]:
+            return
+        conditions = (latest.get("status") or {}).get("conditions") or []
+        updated = storage_conditions(conditions, result, meta.get("generation"), now_iso())
+        await _write_registry_status(latest, {"conditions": updated})
 
 
 async def _owner_registry(obj: Obj, namespace: str) -> Obj | None:

@@ -183,3 +183,30 @@ async def test_node_setup_and_network_policy(probe: FakeProbe, operator: Any) ->
     await eventually(lambda: live(api, "apps/v1/daemonsets", "reg-node-setup") is None)
     await eventually(lambda: live(api, "v1/configmaps", "reg-node-setup") is None)
     await eventually(lambda: live(api, "networking.k8s.io/v1/networkpolicies", "reg") is None)
+
+
+async def test_probes_follow_the_watched_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    from berth_operator import handlers
+
+    listed: list[str | None] = []
+    probed: list[str] = []
+
+    class FakeKube:
+        async def list(self, kind: str, namespace: str | None, selector: str) -> list[Any]:
+            listed.append(namespace)
+            names = {"a": "one", "b": "two", None: "three"}
+            spaces = [namespace] if namespace else ["a", "team-x", "c"]
+            return [{"metadata": {"name": names.get(ns, ns), "namespace": ns}} for ns in spaces]
+
+    async def fake_probe(registry: dict[str, Any]) -> None:
+        probed.append(registry["metadata"]["namespace"])
+
+    monkeypatch.setattr(handlers, "kube", FakeKube)
+    monkeypatch.setattr(handlers, "probe_storage", fake_probe)
+    monkeypatch.setattr(handlers, "watched_namespaces", ["a", "b"])
+    await handlers.probe_all_registries()
+    assert listed == ["a", "b"] and probed == ["a", "b"]  # named: listed one by one
+    listed.clear(), probed.clear()
+    monkeypatch.setattr(handlers, "watched_namespaces", ["team-*"])
+    await handlers.probe_all_registries()
+    assert listed == [None] and probed == ["team-x"]  # globs: listed once, filtered
