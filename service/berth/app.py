@@ -20,6 +20,7 @@ from .observability.logging import configure_logging
 from .observability.metrics import METRICS_DIR_ENV, serve_worker_metrics
 from .observability.middleware import AccessLogMiddleware
 from .observability.telemetry import setup_telemetry
+from .registry.freshness import Generation
 from .registry.registry import Registry
 from .storage.driver import StorageDriver
 from .storage.factory import create_driver
@@ -37,7 +38,7 @@ def create_app(
     driver = driver or create_driver(settings)
     if instruments.tracer is not None:
         driver = TracedDriver(driver, instruments.tracer, instruments.storage_duration)
-    registry = Registry(driver, settings)
+    registry = Registry(driver, settings, Generation.from_environment())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -92,8 +92,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .auth.tls import uvicorn_options as tls_options
     from .gc.background import CONFIG_FILE_ENV
     from .observability.logging import configure_logging
+    from .registry.freshness import GENERATION_ENV
 
     settings = settings_from_args(args, SERVE_FLAGS)
+    if settings.http.workers == 0:
+        from .cpus import available_cpus
+
+        settings.http.workers = available_cpus()
     obs = settings.observability
     configure_logging(obs.log_level, obs.log_format)
     common: dict[str, Any] = {
@@ -112,6 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _start_metrics_port(settings)
     if settings.http.workers > 1:
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        # One cache generation for all workers: a delete in one is seen at once by the others.
+        os.environ[GENERATION_ENV] = _generation_file()
         if args.config:
             os.environ[CONFIG_FILE_ENV] = args.config
         uvicorn.run(
@@ -123,6 +130,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         uvicorn.run(create_app(settings, config_file=args.config), **common)
     return 0
+
+
+def _generation_file() -> str:
+    import tempfile
+
+    directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    fd, path = tempfile.mkstemp(prefix="berth-cache-", dir=directory)
+    os.close(fd)
+    return path
 
 
 def _start_metrics_port(settings: Settings) -> None:
@@ -178,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_storage_flags(serve)
     serve.add_argument("--host", help="address to listen on (http.host; default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (http.port; default 5000)")
-    serve.add_argument("--workers", type=int, help="worker processes (http.workers; default 1)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes (http.workers; default: one per CPU)"
+    )
     serve.add_argument("--log-level", help="log level (observability.log_level; default info)")
     serve.add_argument(
         "--metrics-port",

@@ -36,7 +36,12 @@ class TLSSettings(_Section):
 class HTTPSettings(_Section):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(5000, ge=0, le=65535, description="TCP port to listen on.")
-    workers: int = Field(1, ge=1, description="Number of uvicorn worker processes.")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Number of uvicorn worker processes. 0: one per CPU the process may use "
+        "(the container's CPU limit, else its CPU affinity).",
+    )
     base_url: str | None = Field(
         None,
         description="Public URL of the registry, used for absolute Location headers. "

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,6 +238,22 @@ class RegistryFactory:
             server.stop()
 
 
+# How long a replica may still answer from its link cache after a delete made elsewhere
+# (cache.link_staleness_seconds, default), plus slack for a loaded machine.
+LINK_STALENESS = 5.0
+
+
+def within_staleness(check: Callable[[], bool], bound: float = LINK_STALENESS) -> float:
+    """Poll ``check`` until it holds; fail if that takes longer than the bound (+1 s slack).
+    Returns how long it took."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > bound + 1.0:
+            raise AssertionError(f"not seen within the staleness bound ({bound} s)")
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
 class BerthFactory(RegistryFactory):
     kind = "berth"
     _args: tuple[str, ...] = ()
@@ -262,6 +278,10 @@ class BerthFactory(RegistryFactory):
         exe = require_tool("berth")
         log = self.workdir / f"berth-{port}.log"
         cmd = [exe, "serve", "--host", "127.0.0.1", "--port", str(port), *self._args]
+        if config is None or "workers" not in config.get("http", {}):
+            # One process per server unless a test asks for workers: tests stop, kill and
+            # signal servers by PID (the default, one worker per CPU, is tested on its own).
+            cmd += ["--workers", "1"]
         if config is None:
             cmd += ["--storage-root", str(root)]
         else:

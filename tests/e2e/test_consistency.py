@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Server, Skopeo, location_path, push_blob
+from .conftest import Server, Skopeo, location_path, push_blob, within_staleness
 from .ocilayout import MT_LAYER_GZIP, MT_MANIFEST, OCILayout, canonical_json, sha256_digest
 
 pytestmark = pytest.mark.e2e
@@ -90,8 +90,9 @@ def test_blob_delete_is_seen_by_other_replica(pair, repo: str):
         assert cb.get(f"/v2/{repo}/blobs/{digest}", follow_redirects=True).content == data
         r = ca.delete(f"/v2/{repo}/blobs/{digest}")
         assert r.status_code == 202, (r.status_code, r.text)
-        r = cb.head(f"/v2/{repo}/blobs/{digest}")
-        assert r.status_code == 404, (r.status_code, dict(r.headers))
+        assert ca.head(f"/v2/{repo}/blobs/{digest}").status_code == 404  # at once on A
+        # B may trust its link cache for cache.link_staleness_seconds, no longer.
+        within_staleness(lambda: cb.head(f"/v2/{repo}/blobs/{digest}").status_code == 404)
         r = cb.get(f"/v2/{repo}/blobs/{digest}", follow_redirects=True)
         assert r.status_code == 404, (r.status_code, r.text[:200])
         assert r.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
@@ -108,6 +109,12 @@ def test_manifest_delete_is_seen_by_other_replica(pair, repo: str):
         assert cb.get(f"/v2/{repo}/manifests/v1", headers=accept).status_code == 200
         r = ca.delete(f"/v2/{repo}/manifests/{digest}")
         assert r.status_code == 202, (r.status_code, r.text)
+        # Tags are never cached: gone on B at once; the revision within the staleness bound.
+        r = cb.get(f"/v2/{repo}/manifests/v1", headers=accept)
+        assert r.status_code == 404, (r.status_code, r.text[:200])
+        within_staleness(
+            lambda: cb.get(f"/v2/{repo}/manifests/{digest}", headers=accept).status_code == 404
+        )
         for ref in (digest, "v1"):
             r = cb.get(f"/v2/{repo}/manifests/{ref}", headers=accept)
             assert r.status_code == 404, (ref, r.status_code, r.text[:200])

@@ -148,3 +148,33 @@ def test_two_uvicorn_workers(tmp_path: Path, berth_factory, skopeo: Skopeo, repo
                 assert c.get(f"/v2/{repo}/blobs/{digest}", follow_redirects=True).content == data
     finally:
         server.stop()
+
+
+def test_delete_is_seen_at_once_by_every_worker(tmp_path: Path, berth_factory, repo: str):
+    """Links are cached for cache.link_staleness_seconds, but a delete bumps a generation the
+    workers of one server share: no worker answers from its cache after a delete it did not
+    handle (the OCI conformance suite deletes, then expects 404 at once)."""
+    if target_kind() != "berth":
+        pytest.skip("berth's own configuration file")
+    server = berth_factory.start(
+        config={"http": {"workers": 2}, "cache": {"link_staleness_seconds": 600}}
+    )
+    try:
+        for round_no in range(3):
+            data = os.urandom(1000)
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            with server.client() as c:
+                r = c.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, content=data)
+                assert r.status_code == 201, r.text
+            for _ in range(12):  # new connections: both workers learn the link
+                with server.client() as c:
+                    assert c.head(f"/v2/{repo}/blobs/{digest}").status_code == 200
+            with server.client() as c:
+                assert c.delete(f"/v2/{repo}/blobs/{digest}").status_code == 202
+            answers = []
+            for _ in range(12):
+                with server.client() as c:
+                    answers.append(c.head(f"/v2/{repo}/blobs/{digest}").status_code)
+            assert answers == [404] * 12, (round_no, answers)
+    finally:
+        server.stop()

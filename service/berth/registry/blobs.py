@@ -12,7 +12,7 @@ from ..storage.driver import PathNotFound, StorageDriver, StorageUnavailable
 from .cache import LRUCache
 from .digest import Digest
 from .errors import BlobUnknown
-from .freshness import PresenceCache
+from .freshness import Generation, PresenceCache
 
 # A GC run never issues a delete more than TOMBSTONE_DEADLINE_SECONDS after writing its tombstone
 # (berth.gc.sweep); writers treat older tombstones as abandoned. The gap covers request timeouts.
@@ -28,12 +28,13 @@ class BlobStore:
         cache_entries: int,
         link_staleness: float = 0.0,
         redirect_reuse: float = 0.0,
+        generation: Generation | None = None,
     ) -> None:
         self.driver = driver
         # digest → size; a blob's content never changes, only whether it exists (GC).
         self._sizes: LRUCache[Digest, int] = LRUCache(cache_entries)
         # Link keys seen present, trusted for ``link_staleness`` seconds (see freshness.py).
-        self.links = PresenceCache(link_staleness, cache_entries)
+        self.links = PresenceCache(link_staleness, cache_entries, generation)
         # digest → (URL, monotonic time it stops being handed out)
         self._urls: LRUCache[Digest, tuple[str, float]] = LRUCache(cache_entries)
         self._redirect_reuse = redirect_reuse
@@ -46,7 +47,7 @@ class BlobStore:
         try:
             await self.driver.stat(key)
         except PathNotFound:
-            self.links.forget(key)
+            self.links.discard(key)
             return False
         self.links.remember(key)
         return True

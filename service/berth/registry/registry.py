@@ -8,6 +8,7 @@ from . import catalog
 from .blobs import BlobStore
 from .digest import Digest
 from .errors import RegistryError, Unsupported
+from .freshness import Generation
 from .manifest_store import ManifestStore
 from .names import validate_name
 from .referrers import Referrers
@@ -16,7 +17,10 @@ from .uploads import Uploads
 
 
 class Registry:
-    def __init__(self, driver: StorageDriver, settings: Settings) -> None:
+    def __init__(
+        self, driver: StorageDriver, settings: Settings, generation: Generation | None = None
+    ) -> None:
+        """``generation``: shared by the worker processes of one server (see freshness.py)."""
         self.driver = driver
         self.settings = settings
         cache = settings.cache
@@ -25,6 +29,7 @@ class Registry:
             cache.blob_descriptors,
             link_staleness=cache.link_staleness_seconds,
             redirect_reuse=cache.redirect_reuse_fraction,
+            generation=generation,
         )
         self.tags = Tags(driver)
         self.manifests = ManifestStore(
