@@ -11,7 +11,7 @@ Every failure of the backing store surfaces as a ``StorageError`` subclass.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 
@@ -116,6 +116,12 @@ class StorageDriver(ABC):
     @abstractmethod
     async def delete(self, key: str) -> None:
         """Delete one object; a missing one is not an error."""
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete objects in the order given (a missing one is not an error). Stores with batch
+        deletes do it in few requests (S3: one DeleteObjects per 1,000 keys)."""
+        for key in keys:
+            await self.delete(key)
 
     @abstractmethod
     async def delete_tree(self, prefix: str) -> None:

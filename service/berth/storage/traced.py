@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TypeVar
 
 from opentelemetry import metrics, trace
@@ -59,6 +59,9 @@ class TracedDriver(StorageDriver):
 
     async def delete(self, key: str) -> None:
         await self._call("delete", key, self.inner.delete(key))
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        await self._call("delete_many", keys[0] if keys else "", self.inner.delete_many(keys))
 
     async def delete_tree(self, prefix: str) -> None:
         await self._call("delete_tree", prefix, self.inner.delete_tree(prefix))

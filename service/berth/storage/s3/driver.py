@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -330,6 +330,17 @@ class S3Driver(StorageDriver):
         # One ordered DeleteObjects: the object, then its directory entry if now empty.
         prune = self.settings.prune_directories and parent
         await self.delete_full([full, f"{parent}/"] if prune else [full])
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Ordered DeleteObjects of up to 1,000 keys each: the objects, then (with
+        ``prune_directories``) their directory entries, deepest first, which a store only
+        removes when they are empty."""
+        fulls = [self.full_key(k) for k in keys]
+        markers: Keys = []
+        if self.settings.prune_directories:
+            parents = {f.rsplit("/", 1)[0] for f, k in zip(fulls, keys, strict=True) if "/" in k}
+            markers = [f"{p}/" for p in sorted(parents, key=lambda p: p.count("/"), reverse=True)]
+        await self.delete_full(fulls + markers)
 
     async def delete_tree(self, prefix: str) -> None:
         """Delete everything below ``prefix``; abort the multipart uploads of writers there."""
