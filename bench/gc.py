@@ -61,9 +61,11 @@ async def run_berth(server: s3_servers.S3Server, bucket: str, batched: bool) -> 
     try:
         counting = CountingDriver(driver, s3_delete_many(driver) if batched else None)
         at_plan = 0
+        marks: dict[str, float] = {}
 
         async def hook(phase: str) -> None:
             nonlocal at_plan
+            marks[phase] = time.monotonic()
             if phase == "planned":
                 at_plan = counting.requests
 
@@ -72,6 +74,7 @@ async def run_berth(server: s3_servers.S3Server, bucket: str, batched: bool) -> 
             counting, GCOptions(grace_period=0, delete_untagged=True), phase_hook=hook
         )
         seconds = time.monotonic() - start
+        sweep_seconds = start + seconds - marks["planned"]
         if not report.ok:
             raise SystemExit(f"berth gc failed: {report.errors[:5]}")
         left = await count_blobs(driver)
@@ -79,6 +82,7 @@ async def run_berth(server: s3_servers.S3Server, bucket: str, batched: bool) -> 
         await driver.close()
     return {
         "seconds": seconds,
+        "sweep_seconds": sweep_seconds,
         "removed": report.blobs_deleted,
         "objects_removed": report.objects_removed,
         "left": left,

@@ -24,7 +24,7 @@ removed blob, not five):
 * the re-check is one listing per blob prefix (``blobs/<alg>/<xx>/``) shared by every unit of
   the batch under it (batches are cut at prefix boundaries, so each prefix is listed once per
   run), or whatever is fewer requests by the inventory's counts: one listing of each blob
-  directory, or one (paginated) listing of all of ``blobs/<alg>/``;
+  directory, or (a small store: at most two pages) one listing of all of ``blobs/<alg>/``;
 * deletes: with a driver that offers ``delete_many(keys)`` (ordered, up to 1,000 keys per
   request, e.g. one S3 ``DeleteObjects``), three rounds per batch: every link, then every blob's
   ``data`` and ``touch``, then every tombstone. Without it, one ``delete`` per link and one
@@ -53,7 +53,9 @@ from .inventory import LAYER, REFERRER, REVISION, TAG_CURRENT, TAG_INDEX, Invent
 from .mark import MarkResult
 
 MAX_DELETE_KEYS = 1000  # S3 DeleteObjects
+MIN_DELETE_KEYS = 100  # fewer keys per request only cost requests
 LIST_PAGE_KEYS = 1000  # S3 ListObjectsV2 page
+WHOLE_LISTING_PAGES = 2
 BATCH_TARGET_SECONDS = 2.0
 BATCH_MIN_UNITS = 16
 BATCH_MAX_UNITS = 2000
@@ -317,7 +319,8 @@ class Sweeper:
                     cost += len(members)
             everything = sum(n for p, n in self.prefix_objects.items() if p.startswith(alg + "/"))
             whole = _pages(everything + sum(len(by_prefix[p]) for p in prefixes))
-            if whole < cost:
+            # Its pages come one after the other: only for a store small enough to list fast.
+            if whole < cost and whole <= WHOLE_LISTING_PAGES:
                 members = [w for p in prefixes for w in by_prefix[p]]
                 jobs.append(self._limited(walk(alg, members)))
             else:
@@ -380,7 +383,10 @@ class Sweeper:
                         for _, w in chunk:
                             self._fail(w, exc)
 
-            await asyncio.gather(*(one(c) for c in _chunks(items, MAX_DELETE_KEYS)))
+            # Up to 1,000 keys a request, but spread over ``concurrency`` requests when there
+            # are fewer: a store works through one request's keys one after the other.
+            size = min(MAX_DELETE_KEYS, max(MIN_DELETE_KEYS, -(-len(items) // self.concurrency)))
+            await asyncio.gather(*(one(c) for c in _chunks(items, size)))
 
         await round_([(link.key, w) for w in works for link in w.unit.links])
         blobs = [w for w in works if w.unit.delete_data and not w.failed]
