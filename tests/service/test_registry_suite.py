@@ -254,7 +254,10 @@ async def test_two_writers_on_one_session(backend: Backend) -> None:
         await _first(b_written, task_b)
         gate_a.set()
         await _first(a_written, task_a)
+        # B saves its progress first, then A: the order in which a replaced part would
+        # leave the state naming one writer's part and the store holding the other's.
         gate_b.set()
+        await asyncio.wait([task_b], timeout=60)
         gate_a_end.set()
         results = await asyncio.gather(task_a, task_b, return_exceptions=True)
         winners = [i for i, r in enumerate(results) if not isinstance(r, BaseException)]
