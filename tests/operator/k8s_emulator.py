@@ -447,7 +447,7 @@ class FixedEmulator(kmock.KubernetesEmulator):
 
 
 async def eventually(
-    check: Callable[[], Any] | Callable[[], Awaitable[Any]], within: float = 10.0
+    check: Callable[[], Any] | Callable[[], Awaitable[Any]], within: float = 30.0
 ) -> Any:
     """Poll ``check`` until it returns something truthy (and return it), or fail."""
     deadline = time.monotonic() + within
