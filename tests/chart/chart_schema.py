@@ -86,7 +86,9 @@ def values_schema() -> dict[str, Any]:
                     "annotations": _obj(additionalProperties={"type": "string"}),
                 }
             ),
-            "rbac": _obj({"create": {"type": "boolean"}}),
+            "rbac": _obj(
+                {"create": {"type": "boolean"}, "aggregateToDefaultRoles": {"type": "boolean"}}
+            ),
             "registry": _obj(
                 {
                     "enabled": {"type": "boolean"},

@@ -53,19 +53,23 @@ def test_default_install_has_no_registry_and_least_privilege_rbac() -> None:
     docs = documents(template())
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == [
-        "ClusterRole",
+        "ClusterRole",  # the operator's, in the namespaces it watches (here: all)
+        "ClusterRole",  # the operator's cluster-scoped needs (CRD discovery)
+        "ClusterRole",  # aggregated into the default view role
+        "ClusterRole",  # aggregated into the default edit and admin roles
+        "ClusterRoleBinding",
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "CustomResourceDefinition",
         "Deployment",
         "ServiceAccount",
     ]
-    role = next(d for d in docs if d["kind"] == "ClusterRole")
-    for rule in role["rules"]:
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
-        assert "secrets" not in rule["resources"]  # pods reference Secrets; nobody reads them
-        if "persistentvolumeclaims" in rule["resources"]:
-            assert "delete" not in rule["verbs"]  # registry data is never deleted
+    for role in (d for d in docs if d["kind"] == "ClusterRole"):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+            assert "secrets" not in rule["resources"]  # pods reference Secrets; nobody reads them
+            if "persistentvolumeclaims" in rule["resources"]:
+                assert "delete" not in rule["verbs"]  # registry data is never deleted
     operator = next(d for d in docs if d["kind"] == "Deployment")
     assert operator["spec"]["replicas"] == 1
     assert operator["spec"]["strategy"] == {"type": "Recreate"}
@@ -86,7 +90,7 @@ def test_s3_values_create_a_valid_registry() -> None:
 
 def test_watching_some_namespaces() -> None:
     docs = documents(template("--set", "operator.watchNamespaces={registry,team-*}"))
-    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    role = next(d for d in docs if d["metadata"]["name"] == "berth-operator-cluster")
     assert any("namespaces" in rule["resources"] for rule in role["rules"])
     operator = next(d for d in docs if d["kind"] == "Deployment")
     command = operator["spec"]["template"]["spec"]["containers"][0]["command"]
@@ -135,3 +139,39 @@ def test_notes_explain_access_and_containerd(values: list[str]) -> None:
         assert "http://berth.registry.svc:5000" in notes and "port-forward svc/berth" in notes
     else:
         assert "kind: Registry" in notes
+
+
+def test_rbac_scoped_to_watched_namespaces_and_aggregated_roles() -> None:
+    everywhere = documents(template())
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in everywhere}
+    assert ("ClusterRoleBinding", "berth-operator") in kinds
+    assert ("ClusterRoleBinding", "berth-operator-cluster") in kinds
+    view = next(d for d in everywhere if d["metadata"]["name"] == "berth-operator-view")
+    edit = next(d for d in everywhere if d["metadata"]["name"] == "berth-operator-edit")
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert {v for r in view["rules"] for v in r["verbs"]} == {"get", "list", "watch"}
+
+    scoped = documents(
+        template(
+            "--set",
+            "operator.watchNamespaces={team-a,team-b}",
+            "--set",
+            "rbac.aggregateToDefaultRoles=false",
+        )
+    )
+    bindings = {
+        (d["kind"], d["metadata"].get("namespace"), d["roleRef"]["name"])
+        for d in scoped
+        if d["kind"].endswith("Binding")
+    }
+    # The operator's rules hold in the watched namespaces only; cluster-wide just CRD discovery.
+    assert bindings == {
+        ("RoleBinding", "team-a", "berth-operator"),
+        ("RoleBinding", "team-b", "berth-operator"),
+        ("ClusterRoleBinding", None, "berth-operator-cluster"),
+    }
+    cluster = next(d for d in scoped if d["metadata"]["name"] == "berth-operator-cluster")
+    assert {r["apiGroups"][0] for r in cluster["rules"]} == {"apiextensions.k8s.io", ""}
+    assert not any(d["metadata"]["name"].endswith(("-view", "-edit")) for d in scoped)

@@ -13,8 +13,15 @@ EXAMPLE = ROOT / "docs" / "examples" / "registry-serving.yaml"
 
 
 def rules() -> list[dict[str, object]]:
-    role = next(d for d in documents(template()) if d["kind"] == "ClusterRole")
-    return role["rules"]  # type: ignore[no-any-return]
+    """The rules of every role bound to the operator (not the aggregated user roles)."""
+    docs = documents(template())
+    bound = {d["roleRef"]["name"] for d in docs if d["kind"].endswith("Binding")}
+    return [
+        rule
+        for d in docs
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] in bound
+        for rule in d["rules"]
+    ]
 
 
 def verbs(group: str, resource: str) -> set[str]:
