@@ -147,6 +147,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Watch only what the operator created, filtered by the API server (not every ConfigMap,
+    # Service or Job of the cluster streamed to the operator and dropped there).
+    for key, selector in WATCH_SELECTORS.items():
+        settings.watching.label_selectors[key] = selector
     _locks.clear()
     _known.clear()
     kube()
@@ -508,6 +512,15 @@ OWNED_RESOURCES = (
 OWNED_LABELS: dict[str, Any] = {
     "app.kubernetes.io/managed-by": MANAGED_BY,
     REGISTRY_LABEL: kopf.PRESENT,
+}
+# Server-side label selectors of the watches on owned kinds (the handlers' ``labels`` filters
+# then only confirm what the API server already selected).
+_OWNED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{REGISTRY_LABEL}"
+WATCH_SELECTORS: dict[tuple[str, str], str] = {
+    **{resource: _OWNED_SELECTOR for resource in OWNED_RESOURCES},
+    ("apps/v1", "deployments"): _OWNED_SELECTOR,
+    ("batch/v1", "cronjobs"): f"app.kubernetes.io/managed-by={MANAGED_BY},{GC_LABEL}",
+    ("batch/v1", "jobs"): GC_LABEL,
 }
 
 

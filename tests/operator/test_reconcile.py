@@ -151,8 +151,20 @@ async def test_watch_expiry_does_not_stop_drift_repair(operator: Any) -> None:
     api = operator
     await create(api, REG, registry(**S3_SPEC))
     await eventually(lambda: live(api, PDB, "reg"))
+
+    def pdb_watches() -> int:
+        return sum(
+            1
+            for r in api.client_requests()
+            if r.params.get("watch") == "true" and r.url.path.endswith("/poddisruptionbudgets")
+        )
+
+    before = pdb_watches()
     await api.expire_watches()
-    await asyncio.sleep(0.5)
+    # A delete between the 410 and the new watch is only seen by the periodic resync: wait
+    # until the operator watches again, as a real watch would be re-established.
+    await eventually(lambda: pdb_watches() > before)
+    await asyncio.sleep(0.2)
     await delete(api, PDB, "reg")
     await eventually(lambda: live(api, PDB, "reg"))
 
@@ -413,3 +425,24 @@ async def test_registry_apply_errors_reach_status(operator: Any) -> None:
     await patch(api, REG, "reg", {"spec": {"image": "berth:1.0"}})
     await eventually(lambda: live(api, DEP, "reg"))
     await eventually(lambda: with_condition(api, REG, "reg", "Degraded", status="False"))
+
+
+# --------------------------------------------------------------------------- 10. watches
+
+
+async def test_watches_of_owned_kinds_are_filtered_by_the_api_server(operator: Any) -> None:
+    """Point 10: the operator asks the API server for its own objects only (labelSelector on
+    list and watch), instead of streaming every ConfigMap or Job of the cluster."""
+    api = operator
+    await create(api, REG, registry(**S3_SPEC))
+    await eventually(lambda: live(api, DEP, "reg"))
+    selected: dict[str, set[str]] = {}
+    for request in api.client_requests():
+        if request.method == "GET" and request.params.get("watch") == "true":
+            plural = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+            selected.setdefault(plural, set()).add(request.params.get("labelSelector", ""))
+    from berth_operator.handlers import WATCH_SELECTORS
+
+    for (_, plural), selector in WATCH_SELECTORS.items():
+        assert selector, plural
+        assert selected.get(plural) == {selector}, (plural, selected.get(plural))
