@@ -80,7 +80,22 @@ class S3Settings(_Section):
         ge=5 * 1024 * 1024,
         le=5 * 1024 * 1024 * 1024,
         description="Multipart upload part size (bytes); every part but the last has this size. "
-        "About one part is buffered in memory per upload in progress.",
+        "One part is buffered per upload in progress, plus the parts uploading in the "
+        "background (see part_buffer_budget).",
+    )
+    parts_in_flight: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Parts of one upload sent to the store at once while the upload keeps "
+        "receiving the next part (pipelining).",
+    )
+    part_buffer_budget: int = Field(
+        32,
+        ge=0,
+        description="MiB of part buffers a server process may hold for parts uploading in the "
+        "background, over all its uploads; an upload whose next part does not fit waits for it "
+        "to upload before it receives more (0: no pipelining). Per worker process.",
     )
     max_pool_connections: int = Field(64, ge=1, description="HTTP connection pool size.")
     access_key_id: str | None = Field(

@@ -37,7 +37,7 @@ from .botocore_transport import BotocoreTransport, retry_more
 from .errors import NOT_FOUND_CODES, call, classify, error_code, http_status, translate
 from .fastpath import FastS3, Frozen
 from .transport import CopyTooLarge, ListPage, S3Transport
-from .writer import STATE_SUFFIX, S3Writer, WriterState, is_internal
+from .writer import STATE_SUFFIX, PartBudget, S3Writer, WriterState, is_internal
 
 READ_CHUNK = 1024 * 1024
 Keys = list[str]  # (inside the class, ``list`` is the driver method)
@@ -81,6 +81,9 @@ class S3Driver(StorageDriver):
             if settings.sse_kms_key_id:
                 args["SSEKMSKeyId"] = settings.sse_kms_key_id
         self.object_args = args
+        # Pipelined part uploads (writer.py): per writer, and per process (one driver each).
+        self.parts_in_flight = settings.parts_in_flight
+        self.part_budget = PartBudget(settings.part_buffer_budget * 1024 * 1024)
 
     # -- clients ---------------------------------------------------------------------------------
 

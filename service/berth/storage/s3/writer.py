@@ -20,7 +20,21 @@ renews its claim before each part once a quarter of that time has passed, and ``
 releases it. A writer that starts its own multipart upload needs no claim: its parts cannot
 collide, and the loser of the conditional state write aborts its upload.
 
-Memory per open writer is bounded by one part plus one incoming write. ``close`` writes the new
+Parts are pipelined: once a part is full, ``write`` starts its upload in a task and returns,
+so the next part is received while the previous ones upload. A writer has at most
+``parts_in_flight`` parts uploading, and a part only uploads in the background if the process's
+``PartBudget`` (bytes of part buffers held for background uploads, one per driver) has room for
+it; otherwise ``write`` waits for it as without pipelining. Part numbers are given by position
+when a part starts (the number of recorded ETags plus the parts in flight, plus one), and ETags
+are recorded strictly in order as the oldest part finishes. The writer's content is always
+``etags`` + the parts in flight (oldest first) + ``_buffer``: when a part fails, the writer
+waits for the later ones, and puts all of them back at the front of the buffer (the parts after
+it are uploaded again later, under the same numbers, with the same bytes), so what ``close``
+persists stays contiguous. ``close``, ``commit`` and ``cancel`` wait for every part in flight;
+``close`` persists, then raises a part failure that ``write`` had not raised yet.
+
+Memory per open writer is bounded by ``parts_in_flight`` + 1 parts plus one incoming write
+(one part when the budget is spent). ``close`` writes the new
 tail object first, then the state that names it, then deletes the old tail: a crash at any point
 leaves a consistent state (at worst an orphaned tail or part that the next writer overwrites and
 purging removes). An abandoned upload leaves the state, the tail and an in-progress multipart
@@ -30,11 +44,13 @@ lifecycle rule ``AbortIncompleteMultipartUpload`` catches the rest.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +169,39 @@ class PartBody(io.RawIOBase):
         pass
 
 
+class PartBudget:
+    """Bytes of part buffers a process may hold for uploads in the background.
+
+    A writer takes a part's size before it lets the part upload while it receives the next one,
+    and gives it back once the part is recorded (or put back into the writer's buffer). No
+    room: the writer waits for that part, as without pipelining, so the budget never blocks an
+    upload; it bounds the memory pipelining adds. Single-threaded (one event loop per driver).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+
+    def take(self, n: int) -> bool:
+        if self.held + n > self.limit:
+            return False
+        self.held += n
+        self.peak = max(self.peak, self.held)
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+@dataclass(eq=False)
+class _Part:
+    number: int
+    body: bytearray | bytes
+    task: asyncio.Task[str]
+    budgeted: int  # bytes taken from the budget (0: the writer waits for this part)
+
+
 class S3Writer(FileWriter):
     def __init__(
         self,
@@ -179,6 +228,7 @@ class S3Writer(FileWriter):
         self._shared_upload = state.upload_id is not None
         self._stored = (state.to_json(), inline_tail or b"")  # what the state object holds
         self._lost = False  # another writer owns the session: persist nothing more
+        self._inflight: deque[_Part] = deque()  # parts uploading, oldest first
 
     @property
     def _state_key(self) -> str:
@@ -202,20 +252,96 @@ class S3Writer(FileWriter):
         self._buffer += data
         self.size += len(data)
         self._dirty = True
+        await self._settle(len(self._inflight))  # record the parts that have finished
+        await self._send_whole_parts()
+
+    async def _send_whole_parts(self) -> None:
+        """Start uploading every whole part in the buffer, waiting as the bounds require.
+
+        Between awaits the content is always ``etags`` + in flight + ``_buffer``: a part leaves
+        the buffer only when it joins ``_inflight``, with no await between, and a failure puts
+        the parts in flight back at the front of the buffer (``_settle``).
+        """
         part_size = self._state.part_size
         while len(self._buffer) >= part_size:
-            if len(self._buffer) == part_size:
-                part, self._buffer = self._buffer, bytearray()
-            else:
-                part = self._buffer[:part_size]
-                del self._buffer[:part_size]
-            try:
-                await self._upload_part(part)  # no bytes() copy: botocore sends it as is
-            except BaseException:
-                # Keep the bytes: ``size`` and what ``close`` persists stay contiguous.
-                self._buffer[:0] = part
-                raise
-            del part
+            await self._start_part(part_size)
+
+    async def _start_part(self, length: int) -> None:
+        """Move the first ``length`` bytes of the buffer into a part upload started now."""
+        limit = self._driver.parts_in_flight
+        await self._settle(limit - 1)  # room for one more part
+        await self._claim()
+        if self._state.upload_id is None:
+            resp = await call(
+                self._key,
+                self._driver.client.create_multipart_upload(
+                    Bucket=self._driver.bucket, Key=self._bucket_key, **self._driver.object_args
+                ),
+            )
+            self._state.upload_id = resp["UploadId"]
+        # No await from here until the part is in ``_inflight``.
+        if len(self._buffer) == length:
+            part, self._buffer = self._buffer, bytearray()
+        else:
+            part = self._buffer[:length]
+            del self._buffer[:length]
+        number = len(self._state.etags) + len(self._inflight) + 1
+        budget = self._driver.part_budget
+        budgeted = len(part) if budget.take(len(part)) else 0
+        task = asyncio.create_task(self._upload_part(number, part))
+        self._inflight.append(_Part(number, part, task, budgeted))
+        del part
+        if not budgeted:
+            await self._settle(0)  # no room: wait for it, as unpipelined
+
+    async def _settle(self, keep: int, raise_failure: bool = True) -> BaseException | None:
+        """Record finished parts, oldest first, until at most ``keep`` are in flight.
+
+        A failed part: wait for every later part, put them all back at the front of the buffer
+        (in order, so the content stays contiguous), then raise its error (or return it, with
+        ``raise_failure`` false). Cancelling the caller leaves every part in flight and the
+        content as it was (``asyncio.wait`` never cancels what it waits for).
+        """
+        budget = self._driver.part_budget
+        while self._inflight and (len(self._inflight) > keep or self._inflight[0].task.done()):
+            oldest = self._inflight[0]
+            if not oldest.task.done():
+                await asyncio.wait([oldest.task])
+            error = oldest.task.exception() if not oldest.task.cancelled() else None
+            if not oldest.task.cancelled() and error is None:
+                self._state.etags.append(oldest.task.result())
+                self._inflight.popleft()
+                budget.give(oldest.budgeted)
+                continue
+            pending = [p.task for p in self._inflight if not p.task.done()]
+            if pending:
+                await asyncio.wait(pending)
+            restored = list(self._inflight)
+            self._inflight.clear()
+            self._buffer[:0] = b"".join(p.body for p in restored)
+            for p in restored:
+                budget.give(p.budgeted)
+                if not p.task.cancelled():
+                    p.task.exception()  # retrieved: no "never retrieved" warning
+            failure = error or asyncio.CancelledError()
+            if raise_failure:
+                raise failure
+            return failure
+        return None
+
+    async def _abandon(self) -> None:
+        """Stop every part in flight and forget it (the writer's content is being thrown away,
+        or it cannot be persisted)."""
+        parts = list(self._inflight)
+        self._inflight.clear()
+        for p in parts:
+            p.task.cancel()
+        if parts:
+            await asyncio.wait([p.task for p in parts])
+        for p in parts:
+            self._driver.part_budget.give(p.budgeted)
+            if not p.task.cancelled():
+                p.task.exception()
 
     async def _claim(self) -> None:
         """Make sure no other writer adds parts to a shared multipart upload while we do."""
@@ -253,22 +379,14 @@ class S3Writer(FileWriter):
             self._stored = (stored.to_json(), self._stored[1])
             self._state.claim, self._state.claimed_at = None, 0.0
 
-    async def _upload_part(self, body: bytes | bytearray) -> None:
-        client, bucket = self._driver.client, self._driver.bucket
-        await self._claim()
-        if self._state.upload_id is None:
-            resp = await call(
-                self._key,
-                client.create_multipart_upload(
-                    Bucket=bucket, Key=self._bucket_key, **self._driver.object_args
-                ),
-            )
-            self._state.upload_id = resp["UploadId"]
-        number = len(self._state.etags) + 1
+    async def _upload_part(self, number: int, body: bytes | bytearray) -> str:
+        """UploadPart (in its own task); returns the ETag."""
+        driver = self._driver
+        assert self._state.upload_id is not None
         resp = await call(
             self._key,
-            client.upload_part(
-                Bucket=bucket,
+            driver.client.upload_part(
+                Bucket=driver.bucket,
                 Key=self._bucket_key,
                 UploadId=self._state.upload_id,
                 PartNumber=number,
@@ -276,15 +394,29 @@ class S3Writer(FileWriter):
                 ContentLength=len(body),
             ),
         )
-        self._state.etags.append(resp["ETag"])
+        return str(resp["ETag"])
 
     async def close(self) -> None:
-        """Persist the progress (tail object, then state) so another process can continue."""
+        """Persist the progress (tail object, then state) so another process can continue.
+
+        Waits for every part in flight first; a part failure ``write`` had not raised yet is
+        raised after the state (with that part's bytes back in the tail) is persisted.
+        """
+        try:
+            failure = await self._settle(0, raise_failure=False)
+        except BaseException:
+            await self._abandon()  # close itself was cancelled: persist nothing
+            raise
         if self._lost:
             return
         if not self._dirty:
             await self._release()
             return
+        await self._persist()
+        if failure is not None:
+            raise failure
+
+    async def _persist(self) -> None:
         state = self._state
         new_tail: str | None = None
         inline = b""
@@ -341,13 +473,14 @@ class S3Writer(FileWriter):
                     ),
                 )
         else:
-            await self._load_tail()
-            if self._buffer:
-                await self._upload_part(bytes(self._buffer))
-            else:
-                await self._claim()  # no other writer may be adding a part as we complete
-            parts = [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(state.etags)]
             try:
+                await self._load_tail()
+                await self._send_whole_parts()
+                if self._buffer:  # the last part, shorter than the others
+                    await self._start_part(len(self._buffer))
+                await self._settle(0)
+                await self._claim()  # no other writer may be adding a part as we complete
+                parts = [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(state.etags)]
                 await call(
                     self._key,
                     client.complete_multipart_upload(
@@ -358,12 +491,14 @@ class S3Writer(FileWriter):
                     ),
                 )
             except BaseException:
+                await self._abandon()
                 await self._release()  # the upload is intact: let the next writer finish it
                 raise
         self._buffer = bytearray()
         await self._cleanup(abort=False)
 
     async def cancel(self) -> None:
+        await self._abandon()
         self._buffer = bytearray()
         await self._cleanup(abort=True)
 
@@ -380,4 +515,4 @@ class S3Writer(FileWriter):
         self._dirty = False
 
 
-__all__ = ["STATE_SUFFIX", "S3Writer", "WriterState", "is_internal"]
+__all__ = ["STATE_SUFFIX", "PartBudget", "S3Writer", "WriterState", "is_internal"]
