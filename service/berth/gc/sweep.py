@@ -25,10 +25,9 @@ removed blob, not five):
   the batch under it (batches are cut at prefix boundaries, so each prefix is listed once per
   run), or whatever is fewer requests by the inventory's counts: one listing of each blob
   directory, or (a small store: at most two pages) one listing of all of ``blobs/<alg>/``;
-* deletes: with a driver that offers ``delete_many(keys)`` (ordered, up to 1,000 keys per
-  request, e.g. one S3 ``DeleteObjects``), three rounds per batch: every link, then every blob's
-  ``data`` and ``touch``, then every tombstone. Without it, one ``delete`` per link and one
-  ``delete_tree`` per blob directory, as before.
+* deletes: three rounds of ``driver.delete_many(keys)`` per batch (ordered; on S3 one
+  ``DeleteObjects`` per 1,000 keys): every link, then every blob's ``data`` and ``touch``, then
+  every tombstone, so a tombstone goes only once the data it guards is gone.
 
 A batch is sized so that its tombstones live about ``BATCH_TARGET_SECONDS`` (a writer waiting on
 one gives up after ~9 s), adapting to the store's measured speed.
@@ -191,10 +190,6 @@ class Sweeper:
         self.prefix_objects = prefix_objects(inventory) if inventory is not None else {}
         self.batch_units = batch_units or max(BATCH_MIN_UNITS, concurrency * 8)
         self.adaptive = batch_units is None
-        # An optional driver capability: ordered deletes of many keys, up to 1,000 a request.
-        self.delete_many: Callable[[list[str]], Awaitable[None]] | None = getattr(
-            driver, "delete_many", None
-        )
 
     async def run(self, units: list[Unit]) -> SweepStats:
         groups: dict[str, list[Unit]] = defaultdict(list)
@@ -271,10 +266,7 @@ class Sweeper:
 
         # 3. Deletes: links, then blob contents, then tombstones.
         try:
-            if self.delete_many is not None:
-                await self._delete_batched(ready, started)
-            else:
-                await self._delete_each(ready, started)
+            await self._delete_batched(ready, started)
         finally:
             await releasing
         if self.on_unit:
@@ -343,12 +335,9 @@ class Sweeper:
         if not keys:
             return
         with contextlib.suppress(Exception):
-            if self.delete_many is not None:
-                await asyncio.gather(
-                    *(self._limited(self.delete_many(c)) for c in _chunks(keys, MAX_DELETE_KEYS))
-                )
-            else:
-                await asyncio.gather(*(self._limited(self.driver.delete(k)) for k in keys))
+            await asyncio.gather(
+                *(self._limited(self.driver.delete_many(c)) for c in _chunks(keys, MAX_DELETE_KEYS))
+            )
 
     def _check(self, started: float) -> None:
         if time.monotonic() - started >= TOMBSTONE_DEADLINE_SECONDS:
@@ -369,8 +358,7 @@ class Sweeper:
 
     async def _delete_batched(self, works: list[_Work], started: float) -> None:
         """Three ordered rounds of ``delete_many``; a failed request fails only its units."""
-        assert self.delete_many is not None
-        delete_many = self.delete_many
+        delete_many = self.driver.delete_many
 
         async def round_(items: list[tuple[str, _Work]], deadline: bool = True) -> None:
             async def one(chunk: list[tuple[str, _Work]]) -> None:
@@ -416,33 +404,6 @@ class Sweeper:
             self._links_done(w)
             if w.unit.delete_data:
                 self._blob_done(w)
-
-    async def _delete_each(self, works: list[_Work], started: float) -> None:
-        """Without ``delete_many``: one request per link, one ``delete_tree`` per directory."""
-
-        async def unit(w: _Work) -> None:
-            try:
-                for link in w.unit.links:
-                    async with self.sem:
-                        self._check(started)
-                        await self.driver.delete(link.key)
-                self._links_done(w)
-                async with self.sem:
-                    self._check(started)
-                    if w.unit.delete_data:
-                        await self.driver.delete_tree(paths.blob_dir(w.unit.digest))
-                        self._blob_done(w)
-                    else:
-                        with contextlib.suppress(PathNotFound):
-                            await self.driver.delete(w.tombstone)
-            except Exception as exc:
-                # Past the deadline or a storage error: issue nothing more for this digest and
-                # let writers go on at once (what was deleted already was safe to delete).
-                self._fail(w, exc)
-                with contextlib.suppress(Exception):
-                    await self.driver.delete(w.tombstone)
-
-        await asyncio.gather(*(unit(w) for w in works))
 
 
 def _pages(objects: int) -> int:
