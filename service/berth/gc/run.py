@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..storage.driver import StorageDriver
 from .inventory import take_inventory
-from .lease import Lease, RunMarker
+from .lease import Lease
 from .mark import Marker
 from .purge import purge_uploads
 from .report import Progress, Report
@@ -63,11 +63,7 @@ async def collect_garbage(
         elif not await lease.acquire():
             holder = (await lease.current() or {}).get("holder")
             raise LeaseHeld(f"another garbage collection is running ({holder})")
-    # Announced before listing: manifest PUTs that skip the touch handshake see it (docs/gc.md).
-    announced = RunMarker(driver, run_id)
     try:
-        if not options.dry_run:
-            await announced.start()
         # The store's clock, not ours: mtimes are compared against it.
         if options.dry_run:
             now = time.time()
@@ -115,15 +111,10 @@ async def collect_garbage(
             report.errors.append(message)
 
         units = plan(inv, mark, cutoff, now)
-        if not units:
-            await announced.finish(removed_anything=False)  # nothing to remove: unannounce now
         if phase_hook:
             await phase_hook("planned")
         if options.dry_run:
             _describe(report, units)
-        elif units and announced.expired():
-            # Other runs may have removed our marker as a dead run's: no deletes any more.
-            report.errors.append("gc: the run took too long to reach the sweep; run it again")
         else:
             progress.start("sweeping", total=len(units))
             sweeper = Sweeper(
@@ -137,7 +128,6 @@ async def collect_garbage(
             report.empty_blob_dirs_deleted = stats.empty_blob_dirs_deleted
             report.skipped_in_use = stats.skipped_in_use
             report.errors += stats.errors
-            await announced.finish(removed_anything=True)
 
         if options.purge_uploads:
             progress.start("purging uploads")

@@ -7,7 +7,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from ..gc.lease import list_gc_runs
 from ..storage import paths
 from ..storage.driver import PathNotFound, StorageDriver, StorageUnavailable
 from .cache import LRUCache
@@ -39,15 +38,6 @@ class BlobStore:
         # digest → (URL, monotonic time it stops being handed out)
         self._urls: LRUCache[Digest, tuple[str, float]] = LRUCache(cache_entries)
         self._redirect_reuse = redirect_reuse
-        # The GC run markers (berth.gc.lease) as this process last listed them; None: never.
-        # A manifest PUT skips the touch handshake while they show no run (docs/gc.md).
-        self.gc_runs_seen: frozenset[str] | None = None
-
-    async def gc_runs(self) -> frozenset[str]:
-        """List the GC run markers now (one request) and remember them."""
-        names = await list_gc_runs(self.driver)
-        self.gc_runs_seen = names
-        return names
 
     async def has_link(self, key: str, *, fresh: bool = False) -> bool:
         """Whether the link object ``key`` exists: from the presence cache unless ``fresh``
@@ -83,18 +73,6 @@ class BlobStore:
 
     def forget(self, digest: Digest) -> None:
         self._sizes.discard(digest)
-
-    def remember_size(self, digest: Digest, size: int) -> None:
-        self._sizes.put(digest, size)
-
-    async def fresh_size(self, digest: Digest) -> int | None:
-        """Size of the blob read from storage now (no cache, no touch); None when absent."""
-        size = await self._fresh_size(digest)
-        if size is None:
-            self.forget(digest)
-        else:
-            self._sizes.put(digest, size)
-        return size
 
     async def reserve(self, digest: Digest, *, touch_absent: bool = False) -> int | None:
         """Size of the blob, read fresh (never cached), guaranteed to survive a concurrent GC.

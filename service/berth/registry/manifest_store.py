@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..gc.lease import any_running
 from ..storage import paths
 from ..storage.driver import PathNotFound, StorageDriver
 from .blobs import BlobStore
@@ -105,21 +103,8 @@ class ManifestStore:
         if isinstance(ref, Digest) and ref != digest:
             raise DigestInvalid(f"manifest digest is {digest}, not {ref}")
         manifest = parse_manifest(body, content_type)
-        seen = self.blobs.gc_runs_seen
-        if seen is None or any_running(seen):
-            await self._put_handshake(name, digest, body, manifest, tagged)
-        else:
-            await self._put_fast(name, digest, body, manifest, tagged, seen)
-        stored = StoredManifest(digest, body, manifest)
-        self._cache.put(digest, stored, len(body) + 512)
-        return stored, extra
+        await self._verify_references(name, manifest)
 
-    async def _put_handshake(
-        self, name: str, digest: Digest, body: bytes, manifest: Manifest, tagged: list[str]
-    ) -> None:
-        """The writer half of the GC handshake for every referenced blob (docs/gc.md); the GC
-        run markers are listed alongside, so that the next PUT may take the fast path."""
-        await asyncio.gather(self._verify_references(name, manifest), self.blobs.gc_runs())
         # Content first, then the links that make it visible: a crash in between leaves only
         # unreferenced content for garbage collection, never a link to nothing.
         await self.blobs.put_content(digest, body)
@@ -131,63 +116,18 @@ class ManifestStore:
         )
         self.blobs.links.remember(revision)
         await asyncio.gather(*(self.tags.point(name, tag, digest) for tag in tagged))
+        stored = StoredManifest(digest, body, manifest)
+        self._cache.put(digest, stored, len(body) + 512)
+        return stored, extra
 
-    async def _put_fast(
-        self,
-        name: str,
-        digest: Digest,
-        body: bytes,
-        manifest: Manifest,
-        tagged: list[str],
-        seen: frozenset[str],
-    ) -> None:
-        """No touch, no tombstone listing: fresh existence checks made after a listing of the
-        GC run markers that showed no run (``seen``), the content and links written, then the
-        markers listed again. Unchanged: no GC run deleted anything since ``seen`` was listed,
-        and any run starting later lists storage after our revision link exists. Changed: the
-        full handshake now, and on failure our links are removed again. docs/gc.md has the
-        argument."""
-        await self._verify_references(name, manifest, self.blobs.fresh_size)
-        await self.driver.put(paths.blob_data(digest), body)
-        self.blobs.remember_size(digest, len(body))
-        revision = paths.revision_link(name, digest)
-        written = [revision, *(paths.tag_index_link(name, tag, digest) for tag in tagged)]
-
-        async def write_links() -> None:
-            await asyncio.gather(
-                self.driver.put(revision, str(digest).encode()),
-                *(self.tags.record(name, tag, digest) for tag in tagged),
-            )
-
-        await write_links()
-        if await self.blobs.gc_runs() != seen:
-            try:
-                await self._verify_references(name, manifest)
-                await self.blobs.put_content(digest, body)
-                await write_links()  # a run may have removed an older copy of them meanwhile
-            except BaseException:
-                self.blobs.links.forget(revision)
-                with contextlib.suppress(Exception):
-                    await self.driver.delete_many(written)
-                raise
-        self.blobs.links.remember(revision)
-        await asyncio.gather(*(self.tags.point(name, tag, digest) for tag in tagged))
-
-    async def _verify_references(
-        self,
-        name: str,
-        manifest: Manifest,
-        size_of: Callable[[Digest], Awaitable[int | None]] | None = None,
-    ) -> None:
+    async def _verify_references(self, name: str, manifest: Manifest) -> None:
         # reserve() (fresh, never the size cache) before the link checks: a blob or child that
         # passes here survives any concurrent GC (docs/gc.md). With allow_sparse, what is
         # absent from the repository is skipped; what is present is reserved and checked all
-        # the same. The fast path passes ``size_of`` (a fresh stat) instead of reserve().
-        reserve = size_of or self.blobs.reserve
-
+        # the same.
         async def check_blob(desc: Descriptor) -> str | None:
             size, linked = await asyncio.gather(
-                reserve(desc.digest),
+                self.blobs.reserve(desc.digest),
                 self.blobs.is_linked(name, desc.digest, fresh=True),
             )
             if size is None or not linked:
@@ -197,13 +137,7 @@ class ManifestStore:
             return None
 
         async def check_child(desc: Descriptor) -> str | None:
-            if size_of is not None:
-                size, linked = await asyncio.gather(
-                    size_of(desc.digest), self.has_revision(name, desc.digest, fresh=True)
-                )
-                if size is not None and linked:
-                    return None
-            elif await reserve(desc.digest) is not None and await self.has_revision(
+            if await self.blobs.reserve(desc.digest) is not None and await self.has_revision(
                 name, desc.digest, fresh=True
             ):
                 return None
