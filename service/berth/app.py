@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from .api import base, blobs, listing, manifests, referrers, uploads
+from .api import base, blobs, dispatch, listing, manifests, referrers, uploads
 from .api.common import EXCEPTION_HANDLERS
 from .auth import install as install_auth
 from .config import Settings
@@ -19,6 +19,7 @@ from .observability.health import check_periodically, on_shutdown_signal
 from .observability.logging import configure_logging
 from .observability.metrics import METRICS_DIR_ENV, serve_worker_metrics
 from .observability.middleware import AccessLogMiddleware
+from .observability.requests import RequestMetricsMiddleware, process_metrics
 from .observability.telemetry import setup_telemetry
 from .registry.freshness import Generation
 from .registry.registry import Registry
@@ -82,12 +83,14 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        # FastAPI's native OpenTelemetry: a span and duration metrics per request, through the
-        # providers setup_telemetry installed. Its per-dependency spans cost more than they tell
-        # here (routers are thin), and our own log lines already carry the trace id.
+        # FastAPI's native OpenTelemetry, for spans only (a span per request through the
+        # provider setup_telemetry installed). Request metrics are Berth's own
+        # (observability/requests.py): through the OpenTelemetry SDK they cost a blob HEAD a
+        # large share of its CPU. Per-dependency spans cost more than they tell here (routers
+        # are thin), and our own log lines already carry the trace id.
         telemetry={
             "tracing": settings.observability.tracing,
-            "metrics": settings.observability.metrics,
+            "metrics": False,
             "operation_spans": False,
             "logs": False,
         },
@@ -102,9 +105,13 @@ def create_app(
     if settings.observability.metrics and settings.observability.metrics_port is None:
         # With a metrics port, /metrics is served there (cli.py), never on the public port.
         app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
+    # The registry's routes are chosen from the path's trailing words, not by trying each one.
+    dispatch.install(app.router, tracing=settings.observability.tracing)
     install_auth(app, settings)  # before observability: refused requests are logged too
     if settings.observability.access_log:
         app.add_middleware(AccessLogMiddleware)
+    if settings.observability.metrics:  # outermost: every request is counted
+        app.add_middleware(RequestMetricsMiddleware, metrics=process_metrics())
     return app
 
 

@@ -1,8 +1,9 @@
 """Prometheus exposition: storage health gauges, a metrics port of its own, one scrape for all
 uvicorn workers.
 
-Metrics come from OpenTelemetry (FastAPI's request metrics, storage call durations) through its
-Prometheus reader, plus a few ``prometheus_client`` gauges defined here. The OpenTelemetry reader
+Metrics come from OpenTelemetry (storage call durations, active requests) through its Prometheus
+reader, from the request-duration collector in requests.py, and from a few ``prometheus_client``
+gauges defined here. The OpenTelemetry reader
 is not multiprocess-aware (``PROMETHEUS_MULTIPROC_DIR`` only covers ``prometheus_client``'s own
 metric types), so with ``http.workers > 1`` Berth does the equivalent itself:
 

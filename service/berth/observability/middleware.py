@@ -1,5 +1,6 @@
-"""The access log: one JSON line per request (spans and HTTP metrics come from FastAPI's native
-OpenTelemetry support, which wraps this middleware, so the line carries the request's trace id)."""
+"""The access log: one JSON line per request (spans come from FastAPI's native OpenTelemetry
+support, which wraps this middleware, so the line carries the request's trace id; HTTP metrics
+from requests.py)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """OpenTelemetry providers, installed once per process at start-up.
 
-FastAPI's native telemetry records a span and the ``http.server.request.duration`` histogram for
-every request through the global providers set here; Berth adds storage-call spans and the
-``berth.storage.call.duration`` histogram (storage/traced.py). Metrics are exposed for Prometheus
+With tracing on, FastAPI's native telemetry records a span for every request through the
+global tracer provider set here; Berth adds storage-call spans and the
+``berth.storage.call.duration`` histogram (storage/traced.py). HTTP request metrics are Berth's
+own (requests.py), recorded without the SDK on the request path. Metrics are exposed for Prometheus
 at ``/metrics``; spans are exported by OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
 """
 
