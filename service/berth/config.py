@@ -91,7 +91,7 @@ class S3Settings(_Section):
         "receiving the next part (pipelining).",
     )
     part_buffer_budget: int = Field(
-        32,
+        16,
         ge=0,
         description="MiB of part buffers a server process may hold for parts uploading in the "
         "background, over all its uploads; an upload whose next part does not fit waits for it "
