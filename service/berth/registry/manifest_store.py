@@ -126,10 +126,11 @@ class ManifestStore:
         # absent from the repository is skipped; what is present is reserved and checked all
         # the same.
         async def check_blob(desc: Descriptor) -> str | None:
-            size, linked = await asyncio.gather(
-                self.blobs.reserve(desc.digest),
-                self.blobs.is_linked(name, desc.digest, fresh=True),
-            )
+            # The link is read after the reservation, never alongside it: a GC unit that ends
+            # between a link read and our touch (so we see no tombstone) may have removed the
+            # link, and only a read after the touch is certain to see that.
+            size = await self.blobs.reserve(desc.digest)
+            linked = size is not None and await self.blobs.is_linked(name, desc.digest, fresh=True)
             if size is None or not linked:
                 return None if self.allow_sparse else f"blob unknown: {desc.digest}"
             if size != desc.size:
