@@ -148,6 +148,9 @@ class BlobStore:
 
     async def size_in(self, name: str, digest: Digest) -> int:
         """Size of a blob the repository links to; BLOB_UNKNOWN otherwise."""
+        cached = self._sizes.get(digest)
+        if cached is not None and self.links.fresh(paths.layer_link(name, digest)):
+            return cached  # the warm path of every pull: no task, no storage round trip
         linked, size = await asyncio.gather(
             self.is_linked(name, digest), self._size_or_none(digest)
         )
