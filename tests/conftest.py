@@ -31,6 +31,14 @@ def seaweedfs_server() -> Iterator[s3_servers.S3Server]:
 
 
 @pytest.fixture
+def proxy(seaweedfs_server: s3_servers.S3Server) -> Iterator[s3_servers.FaultProxy]:
+    """A fault-injecting proxy in front of this worker's SeaweedFS."""
+    p = s3_servers.FaultProxy(seaweedfs_server.endpoint)
+    yield p
+    p.stop()
+
+
+@pytest.fixture
 def no_ca_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
     # These machines set AWS_CA_BUNDLE; the test endpoints are plain http: make it explicit.
     monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)

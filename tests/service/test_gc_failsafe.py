@@ -18,9 +18,8 @@ import asyncio
 import hashlib
 import io
 import json
-import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +38,6 @@ from berth.storage.filesystem import FilesystemDriver
 
 from .gc_fixtures import age
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import s3_servers
-
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -53,20 +49,6 @@ AGE_WAIT = 2.2  # S3: past the cut-off (grace 0 s + 1 s slack) at one-second res
 # -- one storage per test, on every driver -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def failsafe_moto() -> Iterator[s3_servers.S3Server]:
-    server = s3_servers.start_moto()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def failsafe_seaweedfs() -> Iterator[s3_servers.S3Server]:
-    server = s3_servers.require_seaweedfs()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["filesystem", "moto", "seaweedfs"])
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -76,9 +58,8 @@ async def store(
         return
     from berth.storage.s3 import S3Driver
 
-    # These machines set AWS_CA_BUNDLE; the test endpoints are plain http.
-    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
-    server = request.getfixturevalue(f"failsafe_{request.param}")
+    request.getfixturevalue("no_ca_bundle")  # plain-http endpoints (tests/conftest.py)
+    server = request.getfixturevalue(f"{request.param}_server")
     settings = S3Settings(**server.settings(root_directory=f"fs-{uuid.uuid4().hex[:12]}"))
     driver = S3Driver(settings)
     await driver.start()

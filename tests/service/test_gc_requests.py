@@ -12,7 +12,7 @@ import asyncio
 import random
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,12 @@ from .test_gc_concurrent import (  # noqa: F401 (fixtures)
     replicas,
     test_pushes_during_gc_randomised_rounds,
 )
-from .test_gc_s3 import AGE_WAIT, s3, test_s3_pushes_during_gc_randomised_rounds  # noqa: F401
+from .test_gc_s3 import (  # noqa: F401
+    AGE_WAIT,
+    s3,
+    seaweedfs,
+    test_s3_pushes_during_gc_randomised_rounds,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import s3_servers
@@ -38,23 +43,16 @@ import s3_servers
 IMAGES, LAYERS = 24, 9  # 12 garbage images: 132 garbage blobs among 264
 
 
-@pytest.fixture(scope="module")
-def seaweedfs() -> Iterator[s3_servers.S3Server]:
-    server = s3_servers.require_seaweedfs()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 async def s3_driver(
-    seaweedfs: s3_servers.S3Server, monkeypatch: pytest.MonkeyPatch
+    seaweedfs_server: s3_servers.S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Any]:
     from berth.config import S3Settings
     from berth.storage.s3 import S3Driver
 
     monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
     driver = S3Driver(
-        S3Settings(**seaweedfs.settings(root_directory=f"gcr-{uuid.uuid4().hex[:10]}"))
+        S3Settings(**seaweedfs_server.settings(root_directory=f"gcr-{uuid.uuid4().hex[:10]}"))
     )
     await driver.start()
     yield driver

@@ -13,7 +13,7 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,9 @@ import s3_servers
 AGE_WAIT = 2.2  # past the cut-off (grace 0 s + 1 s slack) at one-second resolution
 
 
-@pytest.fixture(scope="module")
-def seaweedfs() -> Iterator[s3_servers.S3Server]:
-    server = s3_servers.require_seaweedfs()
-    yield server
-    server.stop()
+@pytest.fixture
+def seaweedfs(seaweedfs_server: s3_servers.S3Server) -> s3_servers.S3Server:
+    return seaweedfs_server  # one server per worker (tests/conftest.py)
 
 
 @pytest.fixture

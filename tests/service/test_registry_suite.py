@@ -35,6 +35,18 @@ async def pieces(data: bytes, size: int = MiB) -> AsyncIterator[bytes]:
         yield data[i : i + size]
 
 
+async def patch_in_chunks(
+    client: httpx.AsyncClient, location: str, data: bytes, start: int, size: int
+) -> None:
+    """PATCH ``data[start:]`` in chunks of ``size`` with their Content-Range; each must be 202."""
+    for first in range(start, len(data), size):
+        last = min(first + size, len(data)) - 1
+        r = await client.patch(
+            location, content=data[first : last + 1], headers={"Content-Range": f"{first}-{last}"}
+        )
+        assert r.status_code == 202, r.text
+
+
 async def _registry(backend: Backend, stack: Any) -> Registry:
     app = await stack.enter_async_context(backend.app(redirect=False))
     reg: Registry = app.state.registry
@@ -178,12 +190,7 @@ async def test_upload_resumes_after_a_failed_patch(backend: Backend, fail_after:
         offset = int(r.headers["Range"].split("-")[1]) + 1
         # Whole buffers before the failure were kept: past the last saved hash state (at 100).
         assert 100 < offset <= fail_after + 100
-        for start in range(offset, len(data), 3 * MiB):  # several more chunks
-            end = min(start + 3 * MiB, len(data)) - 1
-            r = await client.patch(
-                location, content=data[start : end + 1], headers={"Content-Range": f"{start}-{end}"}
-            )
-            assert r.status_code == 202, r.text
+        await patch_in_chunks(client, location, data, offset, 3 * MiB)  # several more chunks
         r = await client.put(location, params={"digest": sha256(data)})
         assert r.status_code == 201, r.text
         assert (await client.get(f"/v2/app/blobs/{sha256(data)}")).content == data
@@ -196,12 +203,7 @@ async def test_upload_without_saved_hash_states(
     monkeypatch.setattr(_openssl, "available", lambda algorithm: False)
     data = os.urandom(PART + 3 * MiB)
     location = (await client.post("/v2/app/blobs/uploads/")).headers["Location"]
-    for start in range(0, len(data), 2 * MiB):
-        end = min(start + 2 * MiB, len(data)) - 1
-        r = await client.patch(
-            location, content=data[start : end + 1], headers={"Content-Range": f"{start}-{end}"}
-        )
-        assert r.status_code == 202, r.text
+    await patch_in_chunks(client, location, data, 0, 2 * MiB)
     r = await client.put(location, params={"digest": sha256(data)})
     assert r.status_code == 201, r.text
     assert (await client.get(f"/v2/app/blobs/{sha256(data)}")).content == data

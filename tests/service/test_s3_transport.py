@@ -296,13 +296,6 @@ async def test_presigned_urls_match(
 # -- error mapping, against SeaweedFS through the fault proxy -------------------------------------
 
 
-@pytest.fixture
-def proxy(seaweedfs_server: s3_servers.S3Server) -> Iterator[s3_servers.FaultProxy]:
-    p = s3_servers.FaultProxy(seaweedfs_server.endpoint)
-    yield p
-    p.stop()
-
-
 def _settings(server: s3_servers.S3Server, **overrides: Any) -> S3Settings:
     base: dict[str, Any] = {"root_directory": f"t-{uuid.uuid4().hex[:12]}", "part_size": 5 << 20}
     base.update(overrides)

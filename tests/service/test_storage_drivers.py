@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -407,13 +407,6 @@ async def test_ca_bundle_in_environment_is_harmless(
 
 
 # -- faults (a proxy in front of SeaweedFS) ------------------------------------------------------
-
-
-@pytest.fixture
-def proxy(seaweedfs_server: s3_servers.S3Server) -> Iterator[s3_servers.FaultProxy]:
-    p = s3_servers.FaultProxy(seaweedfs_server.endpoint)
-    yield p
-    p.stop()
 
 
 @pytest.fixture(params=list(TRANSPORTS))

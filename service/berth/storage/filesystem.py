@@ -65,7 +65,10 @@ class FilesystemDriver(StorageDriver):
         await asyncio.to_thread(_atomic_write, self._path(key), data)
 
     async def create(self, key: str, data: bytes) -> None:
-        await asyncio.to_thread(_atomic_create, self._path(key), key, data)
+        try:
+            await asyncio.to_thread(_atomic_write, self._path(key), data, exclusive=True)
+        except FileExistsError:
+            raise AlreadyExists(key) from None
 
     async def stat(self, key: str) -> ObjectInfo:
         try:
@@ -272,40 +275,22 @@ def _retry_missing_parent(path: Path, mode: str) -> BinaryIO:
     raise AssertionError("unreachable")
 
 
-def _atomic_write(path: Path, data: bytes, attempts: int = 5) -> None:
+def _atomic_write(path: Path, data: bytes, *, exclusive: bool = False, attempts: int = 5) -> None:
+    """Write ``data`` to a temporary file in the target directory, then move it into place:
+    ``os.replace`` (readers see the old object or the new one), or with ``exclusive`` ``link``,
+    which fails with FileExistsError when the name exists, so exactly one of concurrent
+    creators wins."""
     for attempt in range(attempts):
         tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
         try:
             with _retry_missing_parent(tmp, "wb") as handle:
                 handle.write(data)
-            os.replace(tmp, path)
+            (os.link if exclusive else os.replace)(tmp, path)
             return
         except FileNotFoundError:
             # A concurrent delete of the directory (GC removing a blob directory) took the
             # temporary file with it: the write lands after that delete instead.
             if attempt == attempts - 1:
-                raise
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-
-
-def _atomic_create(path: Path, key: str, data: bytes) -> None:
-    """Write ``data`` to a temporary file, then ``link`` it into place: ``link`` fails when the
-    name exists (unlike ``rename``), so exactly one of concurrent creators wins, and readers
-    never see a partial object."""
-    for attempt in range(5):
-        tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
-        try:
-            with _retry_missing_parent(tmp, "wb") as handle:
-                handle.write(data)
-            os.link(tmp, path)
-            return
-        except FileExistsError:
-            raise AlreadyExists(key) from None
-        except FileNotFoundError:
-            if attempt == 4:  # the directory was pruned by a concurrent delete: try again
                 raise
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -328,11 +328,8 @@ class S3Driver(StorageDriver):
                 yield ObjectInfo(self._relative(obj.key), obj.size, obj.modified)
 
     async def delete(self, key: str) -> None:
-        full = self.full_key(key)
-        parent = full.rsplit("/", 1)[0] if "/" in key.strip("/") else None
         # One ordered DeleteObjects: the object, then its directory entry if now empty.
-        prune = self.settings.prune_directories and parent
-        await self.delete_full([full, f"{parent}/"] if prune else [full])
+        await self.delete_many([key])
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         """Ordered DeleteObjects of up to 1,000 keys each: the objects, then (with
