@@ -161,6 +161,16 @@ class CacheSettings(_Section):
         "without asking storage again: a delete on another replica is seen within this bound "
         "(at once on the replica that made it). Absence is never cached. 0: always ask.",
     )
+    reservation_reuse_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=300,
+        description="A write that relies on a blob (manifest PUT, mount, upload of existing "
+        "content) reuses this process's GC reservation of it (docs/gc.md) for this long "
+        "instead of writing its `touch` and listing again. `berth gc` keeps everything "
+        "written within its grace period plus this window, so set the same value for the "
+        "replicas and for `berth gc`. 0: reserve on every write.",
+    )
     redirect_reuse_fraction: float = Field(
         0.25,
         ge=0,

@@ -98,6 +98,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
+def no_reservation_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests that age storage (pretend time passed): the reservation reuse window
+    (cache.reservation_reuse_seconds) runs on the process clock, which ageing does not move.
+    tests/service/test_gc_reservation_reuse.py and test_gc_s3.py test the window itself."""
+    monkeypatch.setenv("BERTH_CACHE__RESERVATION_REUSE_SECONDS", "0")
+
+
+@pytest.fixture
 def storage_root(tmp_path: Path) -> Path:
     return tmp_path / "registry"
 

@@ -37,6 +37,9 @@ from .gc_fixtures import (
     push_image,
 )
 
+# These tests age storage: see the fixture.
+pytestmark = pytest.mark.usefixtures("no_reservation_reuse")
+
 
 class JitterDriver(StorageDriver):
     """The filesystem driver with object-store-like latency: a random pause before each call,

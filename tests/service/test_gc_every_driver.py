@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from berth.gc.report import Report
 from berth.gc.verify import find_problems
@@ -29,6 +30,9 @@ from berth.storage.driver import PathNotFound, StorageDriver
 from .conftest import Backend
 from .gc_fixtures import age, gc, manifest_blobs, push_image, push_referrer
 from .test_gc_mark_sweep import _assert_pullable, _scenario
+
+# These tests age storage: see the fixture.
+pytestmark = pytest.mark.usefixtures("no_reservation_reuse")
 
 S3_AGE_WAIT = 2.2  # past the cut-off (grace 0 s + 1 s slack) at one-second resolution
 

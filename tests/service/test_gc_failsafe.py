@@ -38,6 +38,9 @@ from berth.storage.filesystem import FilesystemDriver
 
 from .gc_fixtures import age
 
+# These tests age storage: see the fixture.
+pytestmark = pytest.mark.usefixtures("no_reservation_reuse")
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

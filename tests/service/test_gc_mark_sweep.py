@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 
 from berth.gc.report import Report
 
@@ -25,6 +26,9 @@ from .gc_fixtures import (
     revision_link,
     snapshot,
 )
+
+# These tests age storage: see the fixture.
+pytestmark = pytest.mark.usefixtures("no_reservation_reuse")
 
 
 async def _scenario(c: httpx.AsyncClient) -> dict[str, tuple[str, bytes]]:

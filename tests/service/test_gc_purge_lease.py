@@ -19,6 +19,9 @@ from berth.storage.filesystem import FilesystemDriver
 
 from .gc_fixtures import age, blob_path, gc, push_blob, push_image
 
+# These tests age storage: see the fixture.
+pytestmark = pytest.mark.usefixtures("no_reservation_reuse")
+
 WEEK = 7 * 86400.0
 
 

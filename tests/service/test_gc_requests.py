@@ -40,6 +40,9 @@ from .test_gc_s3 import (  # noqa: F401
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import s3_servers
 
+# These tests age storage: see the fixture.
+pytestmark = pytest.mark.usefixtures("no_reservation_reuse")
+
 IMAGES, LAYERS = 24, 9  # 12 garbage images: 132 garbage blobs among 264
 
 

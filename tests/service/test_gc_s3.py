@@ -2,7 +2,10 @@
 randomised concurrent pushes during GC, and upload purging with multipart uploads.
 
 S3 modification times have one-second resolution and cannot be backdated, so these tests wait
-a little over two seconds instead of ageing files, and run GC with a zero grace period.
+a little over two seconds (plus the replicas' reservation reuse window, which GC allows for)
+instead of ageing files, and run GC with a zero grace period. The replicas reuse reservations
+(cache.reservation_reuse_seconds), so the randomised rounds prove that a GC knowing the window
+never collects what a reused reservation relies on.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from .test_gc_concurrent import _push
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import s3_servers
 
-AGE_WAIT = 2.2  # past the cut-off (grace 0 s + 1 s slack) at one-second resolution
+REUSE = 0.8  # the replicas' reservation reuse window, told to every GC run here
+# past the cut-off (grace 0 s + reuse window + 1 s slack) at one-second resolution
+AGE_WAIT = 2.2 + REUSE
 
 
 @pytest.fixture
@@ -57,6 +62,7 @@ async def s3(
     settings = Settings(
         storage={"driver": "s3", "s3": s3_conf, "redirect": False},
         observability={"access_log": False},
+        cache={"reservation_reuse_seconds": REUSE},
     )
     drivers = [S3Driver(settings.storage.s3) for _ in range(3)]
     for d in drivers:
@@ -93,7 +99,8 @@ async def test_s3_keeps_reachable_and_removes_unreachable(s3: Any) -> None:
     sig = await push_referrer(c, "app", tagged, b"sig")
     await asyncio.sleep(AGE_WAIT)
     report = await collect_garbage(
-        driver, GCOptions(grace_period=0, delete_untagged=True, lease_settle=0.1)
+        driver,
+        GCOptions(grace_period=0, reservation_reuse=REUSE, delete_untagged=True, lease_settle=0.1),
     )
     assert report.ok, report.errors
     for digest, body in (tagged, ch1, ch2, index, sig):
@@ -129,7 +136,12 @@ async def test_s3_pushes_during_gc_randomised_rounds(s3: Any) -> None:
 
             report = await collect_garbage(
                 driver,
-                GCOptions(grace_period=0, lease_settle=0.1, delete_untagged=rng.random() < 0.5),
+                GCOptions(
+                    grace_period=0,
+                    reservation_reuse=REUSE,
+                    lease_settle=0.1,
+                    delete_untagged=rng.random() < 0.5,
+                ),
                 phase_hook=widen,
             )
             assert report.ok, report.errors

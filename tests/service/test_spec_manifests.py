@@ -375,11 +375,13 @@ async def test_sparse_referrers(sparse: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and r.json()["manifests"] == []
 
 
+@pytest.mark.usefixtures("no_reservation_reuse")
 async def test_sparse_push_reserves_what_is_present(
     sparse: httpx.AsyncClient, storage: StorageDriver
 ) -> None:
     """The GC handshake (BlobStore.reserve: rewrite the blob's ``touch``) still runs for every
-    referenced blob and child that is present; an absent one is skipped and gets nothing."""
+    referenced blob and child that is present; an absent one is skipped and gets nothing.
+    (Reuse off, so every reservation writes: test_gc_reservation_reuse.py covers reuse.)"""
     config = b'{"os": "linux"}'
     layer = b"a present layer"
     config_digest = await push_blob(sparse, REPO, config)

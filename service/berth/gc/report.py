@@ -15,6 +15,8 @@ class Report:
     delete_untagged: bool
     grace_period_seconds: float
     upload_purge_age_seconds: float
+    # Kept on top of the grace period: how long replicas reuse a blob reservation.
+    reservation_reuse_seconds: float = 0.0
     ok: bool = True
     elapsed_seconds: float = 0.0
     objects_scanned: int = 0

@@ -31,6 +31,8 @@ class LeaseHeld(Exception):
 class GCOptions:
     delete_untagged: bool = False
     grace_period: float = 3600.0
+    # The replicas' cache.reservation_reuse_seconds: a reservation that old still protects.
+    reservation_reuse: float = 0.0
     dry_run: bool = False
     upload_purge_age: float = 7 * 24 * 3600.0
     purge_uploads: bool = True
@@ -52,6 +54,7 @@ async def collect_garbage(
         dry_run=options.dry_run,
         delete_untagged=options.delete_untagged,
         grace_period_seconds=options.grace_period,
+        reservation_reuse_seconds=options.reservation_reuse,
         upload_purge_age_seconds=options.upload_purge_age,
     )
     started = time.monotonic()
@@ -69,7 +72,7 @@ async def collect_garbage(
             now = time.time()
         else:
             now = await lease.storage_time()
-        cutoff = now - options.grace_period - CLOCK_SLACK_SECONDS
+        cutoff = now - options.grace_period - options.reservation_reuse - CLOCK_SLACK_SECONDS
 
         progress.start("listing storage")
         inv = await take_inventory(driver, options.concurrency, progress.advance)

@@ -29,6 +29,7 @@ class BlobStore:
         link_staleness: float = 0.0,
         redirect_reuse: float = 0.0,
         generation: Generation | None = None,
+        reservation_reuse: float = 0.0,
     ) -> None:
         self.driver = driver
         # digest → size; a blob's content never changes, only whether it exists (GC).
@@ -38,6 +39,11 @@ class BlobStore:
         # digest → (URL, monotonic time it stops being handed out)
         self._urls: LRUCache[Digest, tuple[str, float]] = LRUCache(cache_entries)
         self._redirect_reuse = redirect_reuse
+        # digest → monotonic time our last successful reservation wrote its mark. GC cut-offs
+        # subtract the same window (cache.reservation_reuse_seconds), so a reservation this
+        # recent protects as well as a fresh one (docs/gc.md, "Reserving cheaply").
+        self._reserved: LRUCache[Digest, float] = LRUCache(cache_entries)
+        self._reservation_reuse = reservation_reuse
 
     async def has_link(self, key: str, *, fresh: bool = False) -> bool:
         """Whether the link object ``key`` exists: from the presence cache unless ``fresh``
@@ -73,9 +79,25 @@ class BlobStore:
 
     def forget(self, digest: Digest) -> None:
         self._sizes.discard(digest)
+        self._reserved.discard(digest)
+
+    def _recently_reserved(self, digest: Digest) -> int | None:
+        """Size of a blob this process reserved within the reuse window, else None."""
+        if self._reservation_reuse <= 0:
+            return None
+        marked = self._reserved.get(digest)
+        if marked is None or time.monotonic() - marked > self._reservation_reuse:
+            return None
+        return self._sizes.get(digest)
+
+    def _reserved_now(self, digest: Digest, size: int, marked: float) -> None:
+        self._sizes.put(digest, size)
+        self._reserved.put(digest, marked)
 
     async def reserve(self, digest: Digest, *, touch_absent: bool = False) -> int | None:
-        """Size of the blob, read fresh (never cached), guaranteed to survive a concurrent GC.
+        """Size of the blob, read fresh (never the size cache), guaranteed to survive a
+        concurrent GC; or that of a reservation this process made within
+        ``cache.reservation_reuse_seconds``, which GC cut-offs allow for.
 
         The writer half of the GC handshake (docs/gc.md): rewrite the blob's ``touch`` object,
         then look for GC tombstones. A GC run writes its tombstone before its final re-check of
@@ -87,6 +109,9 @@ class BlobStore:
         about to put the blob there): a request naming unknown digests (a manifest, a mount)
         must leave no ``touch`` behind, or every failed request could create directories.
         """
+        recent = self._recently_reserved(digest)
+        if recent is not None:
+            return recent
         known: int | None = None
         if not touch_absent:
             known = await self._fresh_size(digest)
@@ -94,6 +119,7 @@ class BlobStore:
                 self.forget(digest)
                 return None
         for attempt in range(RESERVE_ATTEMPTS):
+            marked = time.monotonic()
             await self.driver.put(paths.blob_touch(digest), b"")
             if known is not None:
                 # Content never changes, so only whether ``data`` still exists (in the same
@@ -104,15 +130,20 @@ class BlobStore:
                 names, size = await asyncio.gather(
                     self._list_blob_dir(digest), self._fresh_size(digest)
                 )
-            tombstones = [n for n in names if n.startswith(paths.TOMBSTONE_PREFIX)]
-            if not tombstones or await self._tombstones_stale(digest, tombstones):
+            if not await self._gc_in_progress(digest, names, paths.blob_touch(digest)):
                 if size is None:
                     self.forget(digest)
                 else:
-                    self._sizes.put(digest, size)
+                    self._reserved_now(digest, size, marked)
                 return size
-            await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
-        raise StorageUnavailable(f"blob {digest} is being garbage-collected; retry")
+            await _back_off(attempt)
+        raise _being_collected(digest)
+
+    async def _gc_in_progress(self, digest: Digest, names: list[str], marked_key: str) -> bool:
+        """Whether a live GC tombstone is among ``names``, listed after writing ``marked_key``
+        (a tombstone far older than that write belongs to a GC that died or gave up)."""
+        tombstones = [n for n in names if n.startswith(paths.TOMBSTONE_PREFIX)]
+        return bool(tombstones) and not await self._tombstones_stale(digest, tombstones, marked_key)
 
     async def _list_blob_dir(self, digest: Digest) -> list[str]:
         try:
@@ -126,10 +157,9 @@ class BlobStore:
         except PathNotFound:
             return None
 
-    async def _tombstones_stale(self, digest: Digest, names: list[str]) -> bool:
-        """A tombstone far older than our touch belongs to a GC that died (or gave up)."""
+    async def _tombstones_stale(self, digest: Digest, names: list[str], marked_key: str) -> bool:
         try:
-            touched = (await self.driver.stat(paths.blob_touch(digest))).modified
+            touched = (await self.driver.stat(marked_key)).modified
         except PathNotFound:
             return False
         for name in names:
@@ -196,9 +226,28 @@ class BlobStore:
     async def put_content(self, digest: Digest, data: bytes) -> None:
         """Store small content (a manifest) by digest, unless it is already there.
 
-        Reserved (not the cached ``exists``) so a GC deleting this digest right now cannot
-        leave the revision link the caller writes next pointing at nothing.
+        Reserved like any blob a writer relies on, with the content itself as the mark: writing
+        ``data`` (whose modification time GC re-checks like ``touch``) and then listing for
+        tombstones is the handshake in two requests, where touch, listing and write took three
+        (content never changes, so rewriting it is harmless).
         """
-        if await self.reserve(digest, touch_absent=True) is None:
-            await self.driver.put(paths.blob_data(digest), data)
-            self._sizes.put(digest, len(data))
+        if self._recently_reserved(digest) is not None:
+            return
+        key = paths.blob_data(digest)
+        for attempt in range(RESERVE_ATTEMPTS):
+            marked = time.monotonic()
+            await self.driver.put(key, data)
+            names = await self._list_blob_dir(digest)
+            if paths.BLOB_DATA in names and not await self._gc_in_progress(digest, names, key):
+                self._reserved_now(digest, len(data), marked)
+                return
+            await _back_off(attempt)  # a GC unit is removing this digest: write it again after
+        raise _being_collected(digest)
+
+
+async def _back_off(attempt: int) -> None:
+    await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+
+
+def _being_collected(digest: Digest) -> StorageUnavailable:
+    return StorageUnavailable(f"blob {digest} is being garbage-collected; retry")

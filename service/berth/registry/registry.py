@@ -30,6 +30,7 @@ class Registry:
             link_staleness=cache.link_staleness_seconds,
             redirect_reuse=cache.redirect_reuse_fraction,
             generation=generation,
+            reservation_reuse=cache.reservation_reuse_seconds,
         )
         self.tags = Tags(driver)
         self.manifests = ManifestStore(

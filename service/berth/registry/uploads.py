@@ -216,25 +216,41 @@ class Uploads:
         """The whole blob arrived with the final PUT and fits in one buffer: verify it in memory
         and store it with one atomic put, skipping the session's data, hash state and the move.
         None when the session already holds chunks (the caller takes the streaming path)."""
-        await self._require(name, upload_id)
-        writer = await self._open(name, upload_id)
+        # Independent reads (of a validated id): the session must exist, and its writer tells
+        # whether it holds bytes.
+        validate_upload_id(upload_id)
+        _, writer = await asyncio.gather(
+            self._require(name, upload_id), self._open(name, upload_id)
+        )
         if writer.size:
             await writer.close()
             return None
         await writer.cancel()
+        session = paths.upload_dir(name, upload_id)
         try:
-            return await self._put_small(name, digest, data)
-        finally:
-            await self.driver.delete_tree(paths.upload_dir(name, upload_id))
+            size = await self._verify_small(digest, data)
+            await self.blobs.put_content(digest, data)
+        except BaseException:
+            await self.driver.delete_tree(session)
+            raise
+        # The link (after the reservation in put_content) and the session's removal are
+        # independent: one round trip for both.
+        await asyncio.gather(self.blobs.link(name, digest), self.driver.delete_tree(session))
+        return size
 
-    async def _put_small(self, name: str, digest: Digest, data: bytes) -> int:
+    @staticmethod
+    async def _verify_small(digest: Digest, data: bytes) -> int:
         actual = await asyncio.to_thread(lambda: hashlib.new(digest.algorithm, data).hexdigest())
         if actual != digest.hex:
             raise DigestInvalid(f"content does not match digest {digest}")
+        return len(data)
+
+    async def _put_small(self, name: str, digest: Digest, data: bytes) -> int:
+        size = await self._verify_small(digest, data)
         # put_content reserves the digest (the GC handshake) before writing, like a manifest.
         await self.blobs.put_content(digest, data)
         await self.blobs.link(name, digest)
-        return len(data)
+        return size
 
     async def monolithic(
         self,
