@@ -50,12 +50,13 @@ class BlobStore:
         (writes check fresh; reads accept the staleness bound)."""
         if not fresh and self.links.fresh(key):
             return True
+        sent = time.monotonic()
         try:
             await self.driver.stat(key)
         except PathNotFound:
             self.links.discard(key)
             return False
-        self.links.remember(key)
+        self.links.remember(key, sent)
         return True
 
     async def size(self, digest: Digest) -> int:
@@ -176,6 +177,23 @@ class BlobStore:
                 return True
         return False
 
+    async def is_linked_after_reserve(self, name: str, digest: Digest) -> bool:
+        """``is_linked`` for a write, called after ``reserve(digest)`` succeeded. A layer link
+        seen within the staleness bound by a request sent after the reservation's mark is
+        trusted: from the mark on, GC cannot remove the link (it does so only together with
+        the blob, which the reservation protects), so only a blob DELETE through another
+        replica can have, seen within the bound as on every read. A link seen before the mark
+        may belong to a blob that GC removed and someone pushed again since, so it is read
+        again. A revision link is always read fresh: GC removes untagged revisions whose blob
+        stays."""
+        layer = paths.layer_link(name, digest)
+        marked = self._reserved.get(digest)
+        if marked is not None and self.links.fresh_since(layer, marked):
+            return True
+        if await self.has_link(layer, fresh=True):
+            return True
+        return await self.has_link(paths.revision_link(name, digest), fresh=True)
+
     async def size_in(self, name: str, digest: Digest) -> int:
         """Size of a blob the repository links to; BLOB_UNKNOWN otherwise."""
         cached = self._sizes.get(digest)
@@ -196,8 +214,9 @@ class BlobStore:
 
     async def link(self, name: str, digest: Digest) -> None:
         key = paths.layer_link(name, digest)
+        sent = time.monotonic()
         await self.driver.put(key, str(digest).encode())
-        self.links.remember(key)
+        self.links.remember(key, sent)
 
     async def unlink(self, name: str, digest: Digest) -> None:
         key = paths.layer_link(name, digest)

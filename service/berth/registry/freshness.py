@@ -64,22 +64,29 @@ class PresenceCache:
         self.ttl = ttl
         self.capacity = capacity
         self.generation = generation or Generation()
-        # key -> (monotonic deadline, generation when seen)
+        # key -> (monotonic time the read or write that saw it was sent, generation then)
         self._seen: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
 
     def fresh(self, key: Hashable) -> bool:
+        return self.fresh_since(key, float("-inf"))
+
+    def fresh_since(self, key: Hashable, since: float) -> bool:
+        """``fresh``, and seen by a request sent at or after the monotonic time ``since``."""
         entry = self._seen.get(key)
         if entry is None:
             return False
-        if entry[0] < time.monotonic() or entry[1] != self.generation.value():
+        if entry[0] + self.ttl < time.monotonic() or entry[1] != self.generation.value():
             del self._seen[key]
             return False
-        return True
+        return entry[0] >= since
 
-    def remember(self, key: Hashable) -> None:
+    def remember(self, key: Hashable, sent: float | None = None) -> None:
+        """``key`` is present, as seen by a request sent at ``sent`` (monotonic; default now):
+        trusted for ``ttl`` from then."""
         if self.ttl <= 0 or self.capacity <= 0:
             return
-        self._seen[key] = (time.monotonic() + self.ttl, self.generation.value())
+        when = time.monotonic() if sent is None else sent
+        self._seen[key] = (when, self.generation.value())
         self._seen.move_to_end(key)
         while len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
