@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from .api import base, blobs, dispatch, listing, manifests, referrers, uploads
 from .api.common import EXCEPTION_HANDLERS
 from .auth import install as install_auth
-from .config import Settings
+from .config import SETTINGS_ENV, Settings
 from .gc.background import Maintenance, config_file_from_environment
 from .observability.health import check_periodically, on_shutdown_signal
 from .observability.logging import configure_logging
@@ -119,9 +119,6 @@ async def _metrics() -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-
-SETTINGS_ENV = "BERTH_INTERNAL_SETTINGS_JSON"
 
 
 def app_from_environment() -> FastAPI:

@@ -88,8 +88,8 @@ def settings_from_args(args: argparse.Namespace, flags: dict[str, str]) -> Setti
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import SETTINGS_ENV, create_app
     from .auth.tls import uvicorn_options as tls_options
+    from .config import SETTINGS_ENV
     from .gc.background import CONFIG_FILE_ENV
     from .observability.logging import configure_logging
     from .registry.freshness import GENERATION_ENV
@@ -128,6 +128,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             **common,
         )
     else:
+        # Imported here only: with several workers this process is the supervisor, which never
+        # serves a request, and the app's imports would cost it about 12 MiB.
+        from .app import create_app
+
         uvicorn.run(create_app(settings, config_file=args.config), **common)
     return 0
 

@@ -18,6 +18,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+# The settings `berth serve` resolved, handed to its uvicorn worker processes as JSON.
+SETTINGS_ENV = "BERTH_INTERNAL_SETTINGS_JSON"
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
