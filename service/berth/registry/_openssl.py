@@ -65,9 +65,12 @@ class OpenSSLHasher:
             getattr(_LIB, f"{prefix}_Init")(ctx)
         self._ctx = ctx
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | bytearray) -> None:
         if data:
-            self._update(self._ctx, data, ctypes.c_size_t(len(data)))
+            # ctypes passes bytes as a pointer, a bytearray through a view of its buffer
+            # (no copy either way).
+            buf = data if isinstance(data, bytes) else (ctypes.c_char * len(data)).from_buffer(data)
+            self._update(self._ctx, buf, ctypes.c_size_t(len(data)))
 
     def hexdigest(self) -> str:
         # Finalise a copy so the hasher itself stays usable.

@@ -44,7 +44,7 @@ class Digest:
 class Hasher(Protocol):
     algorithm: str
 
-    def update(self, data: bytes) -> None: ...
+    def update(self, data: bytes | bytearray) -> None: ...
     def hexdigest(self) -> str: ...
     def state(self) -> bytes | None: ...
 
@@ -56,7 +56,7 @@ class _HashlibHasher:
         self.algorithm = algorithm
         self._h = hashlib.new(algorithm)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | bytearray) -> None:
         self._h.update(data)
 
     def hexdigest(self) -> str:

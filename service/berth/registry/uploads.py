@@ -346,14 +346,14 @@ async def _copy(body: AsyncIterable[bytes], writer: FileWriter, hasher: Hasher |
     async for chunk in body:
         buffer += chunk
         if len(buffer) >= BUFFER_SIZE:
-            data = bytes(buffer)
-            buffer.clear()
+            # Handed over, not copied: a new buffer takes the next bytes.
+            data, buffer = buffer, bytearray()
             await _write(writer, hasher, data)
     if buffer:
-        await _write(writer, hasher, bytes(buffer))
+        await _write(writer, hasher, buffer)
 
 
-async def _write(writer: FileWriter, hasher: Hasher | None, data: bytes) -> None:
+async def _write(writer: FileWriter, hasher: Hasher | None, data: bytearray) -> None:
     if hasher is None:
         await writer.write(data)
     else:

@@ -212,7 +212,7 @@ class _FilesystemWriter(FileWriter):
         self._handle = handle
         return handle
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
         def _write() -> None:
             handle = self._lock()
             handle.write(data)

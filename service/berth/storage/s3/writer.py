@@ -245,15 +245,25 @@ class S3Writer(FileWriter):
         self._buffer = bytearray(data)
         self._tail_loaded = True
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
         if not data:
             return
         await self._load_tail()
-        self._buffer += data
-        self.size += len(data)
         self._dirty = True
         await self._settle(len(self._inflight))  # record the parts that have finished
-        await self._send_whole_parts()
+        part_size = self._state.part_size
+        view = memoryview(data)
+        while len(self._buffer) + len(view) >= part_size:
+            # Fill the buffer to exactly one part and hand it over whole (no part-sized copy).
+            # ``size`` counts what is in the writer: a part failure or a cancellation while a
+            # part starts leaves the rest of ``data`` out, and the caller sees the real size.
+            take = part_size - len(self._buffer)
+            self._buffer += view[:take]
+            self.size += take
+            view = view[take:]
+            await self._send_whole_parts()
+        self._buffer += view
+        self.size += len(view)
 
     async def _send_whole_parts(self) -> None:
         """Start uploading every whole part in the buffer, waiting as the bounds require.
