@@ -79,6 +79,14 @@ class Uploads:
         await writer.close()
         return writer.size
 
+    async def _open_session(self, name: str, upload_id: str) -> FileWriter:
+        """``_require`` and ``_open`` at once: independent reads (of a validated id)."""
+        validate_upload_id(upload_id)
+        _, writer = await asyncio.gather(
+            self._require(name, upload_id), self._open(name, upload_id)
+        )
+        return writer
+
     async def _open(self, name: str, upload_id: str) -> FileWriter:
         """The session's data. Exclusive once written to: a concurrent chunk for the same
         session gets WriterBusy from ``write`` or ``close``, never interleaved bytes."""
@@ -156,10 +164,16 @@ class Uploads:
             body = _once(data)
         if body is not None:
             await self.append(name, upload_id, body, content_range, content_length)
+            writer = await self._open(name, upload_id)
         else:
-            await self._require(name, upload_id)
+            writer = await self._open_session(name, upload_id)
         data_key = paths.upload_data(name, upload_id)
-        writer = await self._open(name, upload_id)
+        held = writer.held() if writer.size <= SMALL_BLOB else None
+        if held is not None:
+            # A small session whose bytes the writer holds (S3: in its state object): stored
+            # like a monolithic small blob, without the commit, hash state and move.
+            await writer.close()
+            return await self._finish_small(name, upload_id, digest, held)
         size = writer.size
         saved = await self._saved_hasher(name, upload_id, digest.algorithm, size)
         try:
@@ -216,16 +230,15 @@ class Uploads:
         """The whole blob arrived with the final PUT and fits in one buffer: verify it in memory
         and store it with one atomic put, skipping the session's data, hash state and the move.
         None when the session already holds chunks (the caller takes the streaming path)."""
-        # Independent reads (of a validated id): the session must exist, and its writer tells
-        # whether it holds bytes.
-        validate_upload_id(upload_id)
-        _, writer = await asyncio.gather(
-            self._require(name, upload_id), self._open(name, upload_id)
-        )
+        writer = await self._open_session(name, upload_id)
         if writer.size:
             await writer.close()
             return None
         await writer.cancel()
+        return await self._finish_small(name, upload_id, digest, data)
+
+    async def _finish_small(self, name: str, upload_id: str, digest: Digest, data: bytes) -> int:
+        """Verify and store a whole small blob, link it and end its session."""
         session = paths.upload_dir(name, upload_id)
         try:
             size = await self._verify_small(digest, data)

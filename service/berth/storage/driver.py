@@ -77,6 +77,12 @@ class FileWriter(ABC):
     @abstractmethod
     async def cancel(self) -> None: ...
 
+    def held(self) -> bytes | None:
+        """The whole content when this writer holds it in memory and nothing of it is stored
+        elsewhere yet (a small session on S3: its bytes travel in the state object), so the
+        caller may store it by other means; None otherwise (the default)."""
+        return None
+
 
 class StorageDriver(ABC):
     name: str

@@ -507,6 +507,11 @@ class S3Writer(FileWriter):
         self._buffer = bytearray()
         await self._cleanup(abort=False)
 
+    def held(self) -> bytes | None:
+        if self._state.upload_id is not None or self._inflight or not self._tail_loaded:
+            return None
+        return bytes(self._buffer)
+
     async def cancel(self) -> None:
         await self._abandon()
         self._buffer = bytearray()
