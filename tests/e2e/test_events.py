@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import s3_servers
 from berth.events import signing
 from event_receiver import Receiver
 
 from .conftest import BerthFactory, Server, Skopeo, push_blob, target_kind
 from .ocilayout import MT_MANIFEST
 from .test_referrers import SBOM_TYPE, _oras_push_sbom, _push_image
+from .test_s3_replicas import berth_s3_config
 
 pytestmark = pytest.mark.e2e
 
@@ -179,3 +182,33 @@ def test_events_pending_at_a_sigkill_are_delivered_after_restart(
     assert [e["target"]["digest"] for e in events][: len(digests)] == digests
     assert {e["target"]["digest"] for e in events} == set(digests)
     assert {b["data"]["target"]["digest"] for b in ce.bodies()} == set(digests)
+
+
+def test_two_replicas_on_one_seaweedfs_bucket_deliver_each_event_once(
+    berth_factory: BerthFactory,
+    seaweedfs_server: s3_servers.S3Server,
+    repo: str,
+    receivers: tuple[Receiver, Receiver],
+) -> None:
+    dist, _ = receivers
+    config = berth_s3_config(seaweedfs_server, s3_servers.new_bucket(seaweedfs_server))
+    config["notifications"] = {
+        "poll_seconds": 0.2,
+        "endpoints": [{"name": "dist", "url": dist.url, **RETRY}],
+    }
+    replicas = [berth_factory.start(config=config) for _ in range(2)]
+    try:
+        digests = []
+        for i in range(10):  # alternate replicas: each records half, either may deliver
+            with replicas[i % 2].client() as c:
+                digests.append(push_blob(c, repo, b"blob %d" % i))
+        dist.wait_for(10)
+        time.sleep(2)  # ten poll rounds of each replica: room for a duplicate to show up
+    finally:
+        for r in replicas:
+            r.stop()
+    events = envelope_events(dist)
+    assert sorted(e["target"]["digest"] for e in events) == sorted(digests)
+    assert len({e["id"] for e in events}) == 10
+    # Order per repository: each push answered before the next began.
+    assert [e["target"]["digest"] for e in events] == digests
