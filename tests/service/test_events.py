@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -473,3 +474,63 @@ def test_duplicate_endpoint_names_stop_serve(
     config.write_text(json.dumps({"notifications": {"endpoints": hooks}}))
     assert main(["serve", "--config", str(config)]) == 2
     assert "endpoint 'ci': name: used by two endpoints" in capsys.readouterr().err
+
+
+# -- berth events --------------------------------------------------------------------------------
+
+
+async def berth_events(*args: str) -> tuple[int, str]:
+    """`berth events ...` in a thread (it runs its own event loop), with its stdout."""
+    out = io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out):
+            return main(["events", *args])
+
+    return await asyncio.to_thread(run), out.getvalue()
+
+
+async def test_berth_events_lists_pending_and_dead_letters_and_replays_them(
+    storage_root: Path, backend: Backend, receiver: Receiver, tmp_path: Path
+) -> None:
+    hook = endpoint(receiver, "ci", max_attempts=1)
+    config = tmp_path / "berth.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "storage": {"filesystem": {"root": str(storage_root)}},
+                "notifications": {"endpoints": [hook]},
+            }
+        )
+    )
+    receiver.mode = "refuse"
+    dead = metric("berth_events_dead_lettered_total", "ci")
+    async with serving(backend, [hook]) as client:
+        refused = await push_blob(client, "app", b"refused")
+        await eventually(lambda: metric("berth_events_dead_lettered_total", "ci") > dead)
+    settings = backend.settings()
+    settings.notifications = NotificationSettings(endpoints=[hook])
+    async with backend.client(settings) as client:  # no delivery loop: stays pending
+        waiting = await push_blob(client, "app", b"waiting")
+
+    code, out = await berth_events("list", "--config", str(config), "--json")
+    assert code == 0
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert [(i["state"], i["event"]["target"]["digest"]) for i in listed] == [
+        ("pending", waiting),
+        ("dead", refused),
+    ]
+    assert listed[1]["attempts"] == 1 and listed[1]["error"] == "HTTP 503"
+    code, out = await berth_events("list", "--config", str(config), "--dead")
+    assert code == 0 and len(out.splitlines()) == 1 and refused in out
+
+    receiver.mode = "ok"
+    code, out = await berth_events("replay", "--config", str(config), "--endpoint", "ci")
+    assert code == 0 and refused in out
+    code, out = await berth_events("list", "--config", str(config), "--dead")
+    assert out == ""
+    async with serving(backend, [hook]):
+        await receiver.until(2)
+    events = events_of(receiver)
+    assert [e["target"]["digest"] for e in events] == [waiting, refused]
+    assert events[1]["id"] == listed[1]["event"]["id"]  # the same event, deduplicable

@@ -77,6 +77,7 @@ class Event:
     timestamp: str = field(default_factory=lambda: _now())
     source_addr: str = field(default_factory=_source_addr)
     instance_id: str = INSTANCE_ID
+    only: tuple[str, ...] = ()  # a replayed dead letter: for these endpoints only
 
     @property
     def url(self) -> str:
@@ -124,7 +125,10 @@ class Event:
 
     def record(self) -> dict[str, Any]:
         """The journal's form: everything needed to rebuild the event."""
-        return {"kind": self.kind, "baseURL": self.origin.base_url, **self.distribution()}
+        record = {"kind": self.kind, "baseURL": self.origin.base_url, **self.distribution()}
+        if self.only:
+            record["only"] = list(self.only)
+        return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Event:
@@ -155,6 +159,7 @@ class Event:
             timestamp=record["timestamp"],
             source_addr=record["source"]["addr"],
             instance_id=record["source"]["instanceID"],
+            only=tuple(record.get("only", ())),
         )
 
 
