@@ -311,6 +311,40 @@ async def test_receiver_down_then_up_every_event_in_order(
         )
 
 
+async def test_finished_batches_are_deleted_and_a_blocked_endpoint_keeps_only_its_own(
+    backend: Backend, receiver: Receiver, storage: StorageDriver
+) -> None:
+    other = Receiver().start()
+    receiver.stop()  # endpoint a is down; b is up
+    retry = {"max_attempts": 1000, "max_backoff_seconds": 0.2}
+    hooks = [
+        endpoint(receiver, "a", repositories=["a"], **retry),
+        endpoint(other, "b", repositories=["b"]),
+    ]
+
+    async def journal_has(count: int) -> None:
+        for _ in range(600):
+            if len(await journal(storage)) == count:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"journal holds {await journal(storage)}, not {count} batches")
+
+    try:
+        async with serving(backend, hooks) as client:
+            waiting = await push_blob(client, "a", b"for a")
+            for i in range(3):
+                await push_blob(client, "b", b"for b %d" % i)
+            await other.until(3)
+            # b's batches hold nothing for a: a finishes them although it is stuck before them.
+            await journal_has(1)
+            receiver.start()
+            await receiver.until(1)
+            await journal_has(0)
+        assert [e["target"]["digest"] for e in events_of(receiver)] == [waiting]
+    finally:
+        other.close()
+
+
 async def test_concurrent_requests_share_journal_writes(
     backend: Backend, receiver: Receiver, storage: StorageDriver
 ) -> None:

@@ -106,16 +106,18 @@ class EndpointDelivery:
     # -- the loop -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        while not self.stopping.is_set():
-            wakeable = True
-            try:
-                wait, wakeable = await self.step()
-            except Exception as exc:
-                log.warning("events: delivery to %s: %s", self.name, exc, exc_info=True)
-                wait = self.settings.poll_seconds
-            if wait > 0:
-                await self._sleep(wait, wakeable)
-        await self._stopped()
+        try:
+            while not self.stopping.is_set():
+                wakeable = True
+                try:
+                    wait, wakeable = await self.step()
+                except Exception as exc:
+                    log.warning("events: delivery to %s: %s", self.name, exc, exc_info=True)
+                    wait = self.settings.poll_seconds
+                if wait > 0:
+                    await self._sleep(wait, wakeable)
+        finally:  # also when cancelled (an attempt outlived the shutdown's grace)
+            await self._stopped()
 
     async def _sleep(self, seconds: float, wakeable: bool) -> None:
         """Wait, renewing the claim meanwhile; new local events end the wait when ``wakeable``
@@ -163,11 +165,18 @@ class EndpointDelivery:
         self.wake.clear()
         if not await self.claim.hold():
             self._lost()
-            return poll, False
+            # Another replica delivers: look again within a quarter of the claim's life (a
+            # dead holder is replaced after the ttl anyway), not at every poll.
+            return max(poll, self.claim.ttl / 4), False
         if self._done is None:
             self._done = await load_progress(self.driver, self.name)
         keys = await batch_keys(self.driver)
         await self._read(keys)
+        for key in keys:
+            if self._events.get(key) == []:
+                # Nothing here for us: finished at once, even while an earlier event waits
+                # for a retry (else the journal would keep every other endpoint's batches).
+                self._finish(key)
         self._bound(keys)
         await self._housekeeping(keys)
         for key in keys:
