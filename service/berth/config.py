@@ -8,6 +8,7 @@ variables (nested keys joined by ``__``, e.g. ``BERTH_STORAGE__ROOT``), the YAML
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -322,6 +323,9 @@ EVENT_ACTIONS = ("push", "pull", "mount", "delete", "fill")
 EventAction = Literal["push", "pull", "mount", "delete", "fill"]
 
 
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
 def _readable(path: Path | None) -> Path | None:
     if path is not None:
         try:
@@ -398,6 +402,16 @@ class NotificationEndpointSettings(_Section):
             raise ValueError(f"not a URL: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("headers", "header_files")
+    @classmethod
+    def _header_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, values in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if isinstance(values, list) and any("\r" in v or "\n" in v for v in values):
+                raise ValueError(f"the value of {name} has a line break")
         return value
 
     @field_validator("secret_file", "ca_file")

@@ -442,6 +442,18 @@ async def test_a_hanging_receiver_does_not_block_pushes(
     assert [e.body["events"][0]["target"]["digest"] for e in events][:6] == digests
 
 
+async def test_an_unreadable_journal_batch_is_skipped_not_blocking(
+    storage_root: Path, backend: Backend, receiver: Receiver, storage: StorageDriver
+) -> None:
+    # Sorts first: written "before" anything the registry records.
+    for key, junk in (("0-junk-1", b"not json\n"), ("0-junk-2", b'{"action": "push"}\n')):
+        await storage.create(paths.event_batch(key), junk)
+    async with serving(backend, [endpoint(receiver)]) as client:
+        digest = await push_blob(client, "app", b"after the junk")
+        await receiver.until(1)
+    assert [e["target"]["digest"] for e in events_of(receiver)] == [digest]
+
+
 async def test_gc_deletes_are_events_of_actor_gc(
     storage_root: Path, backend: Backend, receiver: Receiver, storage: StorageDriver
 ) -> None:
@@ -485,6 +497,8 @@ async def test_gc_deletes_are_events_of_actor_gc(
         ({"secret_file": "/nonexistent/secret"}, "endpoint 'ci': secret_file: cannot read"),
         ({"header_files": {"Authorization": "/nonexistent"}}, "endpoint 'ci': header_files"),
         ({"secret_env": "BERTH_TEST_UNSET_SECRET"}, "endpoint 'ci': secret_env: environment"),
+        ({"headers": {"Bad Name": ["x"]}}, "endpoint 'ci': headers: 'Bad Name' is not an HTTP"),
+        ({"headers": {"X-A": ["a\r\nHost: evil"]}}, "endpoint 'ci': headers: the value of X-A"),
     ],
 )
 def test_bad_configuration_stops_serve_naming_endpoint_and_key(

@@ -154,6 +154,7 @@ class EndpointDelivery:
     def _lost(self) -> None:
         """Another replica holds the claim: forget our view of the progress."""
         self._done = None
+        self._events.clear()
         self._sent.clear()
         self._attempts.clear()
         self._labels.set(0)

@@ -27,7 +27,11 @@ def encode(events: list[Event]) -> bytes:
 
 
 def decode(data: bytes) -> list[Event]:
-    return [Event.from_record(json.loads(line)) for line in data.splitlines() if line.strip()]
+    """The batch's events; ValueError for anything that is not a batch this module wrote."""
+    try:
+        return [Event.from_record(json.loads(line)) for line in data.splitlines() if line.strip()]
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(f"not a journal batch: {type(exc).__name__}: {exc}"[:300]) from None
 
 
 class JournalWriter:

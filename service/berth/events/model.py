@@ -63,8 +63,16 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_SOURCE: tuple[int, str] = (0, "")
+
+
 def _source_addr() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid``, worked out once per process (uvicorn workers are forked)."""
+    global _SOURCE
+    pid = os.getpid()
+    if _SOURCE[0] != pid:
+        _SOURCE = (pid, f"{socket.gethostname()}:{pid}")
+    return _SOURCE[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,7 +77,8 @@ class Sender:
             ) as response:
                 if not 200 <= response.status < 300:
                     raise DeliveryFailed(f"HTTP {response.status}")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            # ValueError: a header file's value that is no header value (a newline in it).
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}"[:300]) from None
 
     async def close(self) -> None:

@@ -185,7 +185,7 @@ class ManifestStore:
         if not isinstance(ref, Digest):
             pointed: Digest | None = None
             if self.events is not None:  # the event names what the tag pointed at
-                with contextlib.suppress(ManifestUnknown, ValueError):
+                with contextlib.suppress(ManifestUnknown, DigestInvalid):
                     pointed = await self.tags.resolve(name, ref)
             await self.tags.delete(name, ref)
             if self.events is not None:
