@@ -5,9 +5,9 @@ events of every batch it has not finished, oldest batch first, one event per req
 only after the one before it was accepted or given up: so events reach the endpoint in the
 order they were recorded, per repository (and overall), as long as none is dropped.
 
-* Progress: the set of finished batch keys, saved in storage after each batch with events
-  (and at the end of each round), so a replica taking over goes on from there. Keys, not a
-  position: a batch whose write began earlier but finished later is still delivered.
+* Progress: the set of finished batch keys, saved in storage at most every second while
+  batches finish (and when the loop stops), so a replica taking over goes on from there.
+  Keys, not a position: a batch whose write began earlier but finished later is still sent.
 * A failed attempt is retried after ``backoff_seconds``, doubled each time (at most
   ``max_backoff_seconds``); after ``max_attempts`` the event becomes a dead letter (kept for
   ``dead_letter_retention_seconds``) and the next one is sent.
@@ -46,6 +46,7 @@ from .sender import DeliveryFailed, Sender
 log = logging.getLogger("berth.events")
 
 HOUSEKEEPING_SECONDS = 5.0
+SAVE_SECONDS = 1.0
 READS_AT_ONCE = 16
 
 
@@ -100,6 +101,7 @@ class EndpointDelivery:
         self._sent: dict[str, int] = {}  # unfinished batch → how many of them are handled
         self._attempts: dict[str, int] = {}  # event id → failed attempts
         self._housekept = 0.0
+        self._saved = 0.0
         self._dead_purged = 0.0
         self._labels = EVENTS_PENDING.labels(self.name)
 
@@ -145,7 +147,7 @@ class EndpointDelivery:
 
     async def _stopped(self) -> None:
         with contextlib.suppress(Exception):
-            await self._save()
+            await self._save(force=True)
         with contextlib.suppress(Exception):
             await self.claim.release()
         await self.sender.close()
@@ -196,8 +198,7 @@ class EndpointDelivery:
                     return retry, False
                 self._sent[key] = self._sent.get(key, 0) + 1
             self._finish(key)
-            if events:
-                await self._save()
+            await self._save()
         await self._save()
         self._count_pending()
         return poll, True
@@ -267,11 +268,17 @@ class EndpointDelivery:
         self._events.pop(key, None)
         self._sent.pop(key, None)
 
-    async def _save(self) -> None:
-        if self._dirty and self._done is not None:
-            body = json.dumps({"done": sorted(self._done)}).encode()
-            await self.driver.put(paths.event_progress(self.name), body)
-            self._dirty = False
+    async def _save(self, force: bool = False) -> None:
+        """Save the progress, at most every SAVE_SECONDS unless ``force``: a replica taking
+        over after a crash resends at most that much (at-least-once allows it)."""
+        now = time.monotonic()
+        if not (self._dirty and self._done is not None):
+            return
+        if not force and now - self._saved < SAVE_SECONDS:
+            return
+        body = json.dumps({"done": sorted(self._done)}).encode()
+        await self.driver.put(paths.event_progress(self.name), body)
+        self._dirty, self._saved = False, now
 
     # -- sending ------------------------------------------------------------------------------
 
