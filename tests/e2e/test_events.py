@@ -42,6 +42,13 @@ def receivers() -> Iterator[tuple[Receiver, Receiver]]:
         r.close()
 
 
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = tmp_path / "secret"
+    path.write_bytes(SECRET + b"\n")  # surrounding whitespace is not part of the key
+    return path
+
+
 def notifications(dist: Receiver, ce: Receiver, secret: Path) -> dict[str, Any]:
     return {
         "notifications": {
@@ -87,10 +94,9 @@ def test_skopeo_and_oras_pushes_as_envelope_and_cloudevents(
     skopeo: Skopeo,
     repo: str,
     receivers: tuple[Receiver, Receiver],
+    secret: Path,
 ) -> None:
     dist, ce = receivers
-    secret = tmp_path / "secret"
-    secret.write_bytes(SECRET + b"\n")
     registry = berth_factory.start(config=notifications(dist, ce, secret))
     image = _push_image(tmp_path, registry, skopeo, repo)
     sbom = _oras_push_sbom(tmp_path, registry, repo, image)
@@ -153,14 +159,9 @@ def test_skopeo_and_oras_pushes_as_envelope_and_cloudevents(
 
 
 def test_events_pending_at_a_sigkill_are_delivered_after_restart(
-    tmp_path: Path,
-    berth_factory: BerthFactory,
-    repo: str,
-    receivers: tuple[Receiver, Receiver],
+    berth_factory: BerthFactory, repo: str, receivers: tuple[Receiver, Receiver], secret: Path
 ) -> None:
     dist, ce = receivers
-    secret = tmp_path / "secret"
-    secret.write_bytes(SECRET)
     dist.stop()  # down: nothing can be delivered before the kill
     ce.stop()
     config = notifications(dist, ce, secret)

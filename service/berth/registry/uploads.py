@@ -159,23 +159,11 @@ class Uploads:
         origin: Origin | None = None,
     ) -> int:
         """Finish an upload: verify the digest, commit the blob, link it. Returns its size."""
-        size = await self._complete(name, upload_id, digest, body, content_range, content_length)
-        return await self._pushed(name, digest, size, origin)
-
-    async def _complete(
-        self,
-        name: str,
-        upload_id: str,
-        digest: Digest,
-        body: AsyncIterable[bytes] | None = None,
-        content_range: tuple[int, int] | None = None,
-        content_length: int | None = None,
-    ) -> int:
         if body is not None and content_range is None and _small(content_length):
             data = await _read_exactly(body, content_length or 0)
             size = await self._complete_small(name, upload_id, digest, data)
             if size is not None:
-                return size
+                return await self._pushed(name, digest, size, origin)
             body = _once(data)
         if body is not None:
             await self.append(name, upload_id, body, content_range, content_length)
@@ -225,7 +213,7 @@ class Uploads:
                 raise BlobUploadInvalid("a chunk for this upload arrived while it was completing")
         await self.blobs.link(name, digest)
         await self.driver.delete_tree(paths.upload_dir(name, upload_id))
-        return size
+        return await self._pushed(name, digest, size, origin)
 
     async def cancel(self, name: str, upload_id: str) -> None:
         await self._require(name, upload_id)
@@ -275,12 +263,11 @@ class Uploads:
             )
         status = await self.start(name)
         try:
-            size = await self._complete(name, status.upload_id, digest, body)
+            return await self.complete(name, status.upload_id, digest, body, origin=origin)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.cancel(name, status.upload_id)
             raise
-        return await self._pushed(name, digest, size, origin)
 
     async def _saved_hasher(
         self, name: str, upload_id: str, algorithm: str, offset: int
