@@ -26,8 +26,6 @@ from berth.config import NotificationSettings
 from berth.events import signing
 from berth.events.journal import batch_keys
 from berth.events.service import EventDelivery
-from berth.gc.run import GCOptions, collect_garbage
-from berth.registry.notify import Notifier
 from berth.storage import paths
 from berth.storage.driver import PathNotFound, StorageDriver
 from event_receiver import Receiver
@@ -115,7 +113,9 @@ async def test_push_pull_delete_in_distributions_envelope(
         assert r.status_code == 201
         assert (await client.delete("/v2/team/app/manifests/v1")).status_code == 202
         assert (await client.delete(f"/v2/team/app/manifests/{digest}")).status_code == 202
-        await receiver.until(7)
+        layer_digest = manifest["layers"][0]["digest"]
+        assert (await client.delete(f"/v2/other/blobs/{layer_digest}")).status_code == 202
+        await receiver.until(8)
     for received in receiver.received:
         assert received.headers["Content-Type"] == EVENTS
         assert "Berth-Signature" not in received.headers  # no secret configured
@@ -127,6 +127,7 @@ async def test_push_pull_delete_in_distributions_envelope(
         ("pull", "v1"),
         ("mount", None),
         ("delete", "v1"),
+        ("delete", None),
         ("delete", None),
     ]
     layer, config = manifest["layers"][0], manifest["config"]
@@ -140,7 +141,7 @@ async def test_push_pull_delete_in_distributions_envelope(
             "url": f"http://registry/v2/team/app/blobs/{blob['digest']}",
         }
         assert event["request"]["method"] == "POST"
-    push, pull, mount, untag, delete = events[2:]
+    push, pull, mount, untag, delete, unlink = events[2:]
     assert push["target"] == {
         "mediaType": MANIFEST,
         "repository": "team/app",
@@ -177,6 +178,12 @@ async def test_push_pull_delete_in_distributions_envelope(
     }
     assert delete["target"]["digest"] == digest and delete["target"]["mediaType"] == MANIFEST
     assert delete["request"]["method"] == "DELETE"
+    assert unlink["target"] == {
+        "mediaType": "application/octet-stream",
+        "repository": "other",
+        "digest": layer["digest"],
+        "url": f"http://registry/v2/other/blobs/{layer['digest']}",
+    }
     assert len({e["id"] for e in events}) == len(events)  # receivers deduplicate by id
 
 
@@ -227,6 +234,26 @@ async def test_cloudevents_signed_for_a_referrer(
     assert ref["subject"] == f"app@{sha256(raw)}"
     assert ref["data"]["target"]["subject"] == subject
     assert ref["data"]["target"]["artifactType"] == "application/spdx+json"
+
+
+async def test_a_push_by_digest_has_an_event_per_tag_parameter(
+    storage_root: Path, backend: Backend, receiver: Receiver
+) -> None:
+    async with serving(backend, [endpoint(receiver, actions=["push"])]) as client:
+        digest, body = await push_image(client, "app", None, layers=1)  # by digest, no tags
+        r = await client.put(
+            f"/v2/app/manifests/{digest}?tag=a&tag=b",
+            content=body,
+            headers={"Content-Type": MANIFEST},
+        )
+        assert r.status_code == 201
+        await receiver.until(5)
+    manifests = [e["target"] for e in events_of(receiver) if e["target"]["mediaType"] == MANIFEST]
+    assert [(t["digest"], t.get("tag")) for t in manifests] == [
+        (digest, None),
+        (digest, "a"),
+        (digest, "b"),
+    ]
 
 
 async def test_filters_by_action_repository_and_media_type(
@@ -290,7 +317,9 @@ async def test_receiver_down_then_up_every_event_in_order(
 ) -> None:
     receiver.stop()  # connections refused
     pushed: dict[str, list[str]] = {"a": [], "b": []}
-    hook = endpoint(receiver, max_attempts=1000, max_backoff_seconds=0.2)
+    hook = endpoint(receiver, "down", max_attempts=1000, max_backoff_seconds=0.2)
+    delivered = metric("berth_events_delivered_total", "down")
+    latencies = metric("berth_events_delivery_latency_seconds_count", "down")
     async with serving(backend, [hook]) as client:
         for i in range(4):
             for repo in ("a", "b"):
@@ -298,11 +327,15 @@ async def test_receiver_down_then_up_every_event_in_order(
         # Recorded before each response: in storage now, although nothing could be sent.
         assert await journal(storage)
         assert receiver.received == []
+        await eventually(lambda: metric("berth_events_pending", "down") == 8)
     # A restart (a new process) finds them in storage and delivers them once the receiver is up.
     receiver.start()
     async with serving(backend, [hook]):
         await receiver.until(8)
+        await eventually(lambda: metric("berth_events_pending", "down") == 0)
         await asyncio.sleep(0.3)
+    assert metric("berth_events_delivered_total", "down") - delivered == 8
+    assert metric("berth_events_delivery_latency_seconds_count", "down") - latencies == 8
     events = events_of(receiver)
     assert len(events) == 8 and len({e["id"] for e in events}) == 8
     for repo, digests in pushed.items():
@@ -454,30 +487,31 @@ async def test_an_unreadable_journal_batch_is_skipped_not_blocking(
     assert [e["target"]["digest"] for e in events_of(receiver)] == [digest]
 
 
-async def test_gc_deletes_are_events_of_actor_gc(
-    storage_root: Path, backend: Backend, receiver: Receiver, storage: StorageDriver
+async def test_berth_gc_deletes_are_events_of_actor_gc(
+    storage_root: Path, backend: Backend, receiver: Receiver, tmp_path: Path
 ) -> None:
-    async with serving(backend, [endpoint(receiver, actions=["delete"])]) as client:
+    hook = endpoint(receiver, actions=["delete"])
+    async with serving(backend, [hook]) as client:
         digest, _ = await push_image(client, "app", None, layers=1)  # untagged
     await asyncio.sleep(2.1)  # past GC's one-second clock slack (grace period 0)
-    settings = backend.settings()
-    settings.notifications = NotificationSettings(
-        endpoints=[endpoint(receiver, actions=["delete"])]
+    config = tmp_path / "berth.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "storage": {"filesystem": {"root": str(storage_root)}},
+                "notifications": {"endpoints": [hook]},
+            }
+        )
     )
-    from berth.events.recorder import build_recorder
-
-    recorder = build_recorder(storage, settings.notifications)
-    assert recorder is not None
-    report = await collect_garbage(
-        storage,
-        GCOptions(delete_untagged=True, grace_period=0, lease_settle=0),
-        events=Notifier(recorder),
-    )
-    assert report.manifests_deleted == 1 and report.ok
-    async with serving(backend, [endpoint(receiver, actions=["delete"])]):
+    gc = ["gc", "--config", str(config), "--delete-untagged", "--grace-period", "0s", "--json"]
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert await asyncio.to_thread(main, gc) == 0
+    assert json.loads(out.getvalue())["manifests_deleted"] == 1
+    async with serving(backend, [hook]):
         await receiver.until(3)
     events = events_of(receiver)
     assert {e["actor"]["name"] for e in events} == {"gc"}
+    assert {e["request"]["method"] for e in events} == {""}
     manifests = [
         e["target"] for e in events if e["target"]["mediaType"] != "application/octet-stream"
     ]

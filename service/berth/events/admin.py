@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 
 from ..config import NotificationEndpointSettings, NotificationSettings
@@ -14,6 +15,8 @@ from .delivery import dead_letter_keys, load_progress
 from .filters import EndpointFilter
 from .journal import JournalWriter, batch_keys, read_batch
 from .model import Event
+
+log = logging.getLogger("berth.events")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +43,22 @@ async def pending(
     """Events recorded and not yet finished by each endpoint, oldest first (an endpoint's
     delivery in progress may have sent the first few already)."""
     keys = await batch_keys(driver)
-    batches = await asyncio.gather(*(read_batch(driver, k) for k in keys))
+    read = await asyncio.gather(*(read_batch(driver, k) for k in keys), return_exceptions=True)
+    batches: list[list[Event] | None] = []
+    for key, batch in zip(keys, read, strict=True):
+        if isinstance(batch, ValueError):  # skipped by delivery too (logged there)
+            log.warning("journal batch %s is unreadable: %s", key, batch)
+            batch = None
+        elif isinstance(batch, BaseException):
+            raise batch
+        batches.append(batch)
     listed: list[Listed] = []
     for e in _chosen(settings, endpoint):
         done = await load_progress(driver, e.name)
         wanted = EndpointFilter(e)
-        for key, batch in zip(keys, batches, strict=True):
-            if key not in done and batch is not None:
-                listed += [Listed(e.name, "pending", ev) for ev in batch if wanted.matches(ev)]
+        for key, events in zip(keys, batches, strict=True):
+            if key not in done and events is not None:
+                listed += [Listed(e.name, "pending", ev) for ev in events if wanted.matches(ev)]
     return listed
 
 
@@ -59,17 +70,19 @@ async def dead(
         for name in await dead_letter_keys(driver, e.name):
             try:
                 letter = json.loads(await driver.get(paths.dead_letter(e.name, name)))
+                listed.append(
+                    Listed(
+                        e.name,
+                        "dead",
+                        Event.from_record(letter["event"]),
+                        str(letter.get("error", "")),
+                        int(letter.get("attempts", 0)),
+                    )
+                )
             except PathNotFound:
                 continue
-            listed.append(
-                Listed(
-                    e.name,
-                    "dead",
-                    Event.from_record(letter["event"]),
-                    str(letter.get("error", "")),
-                    int(letter.get("attempts", 0)),
-                )
-            )
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                log.warning("dead letter %s of %s is unreadable: %s", name, e.name, exc)
     listed.sort(key=lambda item: item.event.timestamp)
     return listed
 

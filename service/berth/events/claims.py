@@ -39,7 +39,7 @@ class Claim:
             names = await self.driver.list(paths.event_claims(self.endpoint))
         except PathNotFound:
             return []
-        return sorted(int(n) for n in names if n.isdigit())
+        return sorted(int(n) for n in names if n.isascii() and n.isdigit())
 
     async def _read(self, generation: int) -> dict[str, Any] | None:
         try:
