@@ -319,10 +319,7 @@ class ValidationSettings(_Section):
     manifests: ManifestValidationSettings = ManifestValidationSettings()
 
 
-EVENT_ACTIONS = ("push", "pull", "mount", "delete", "fill")
 EventAction = Literal["push", "pull", "mount", "delete", "fill"]
-
-
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
