@@ -24,7 +24,9 @@ from prometheus_client import REGISTRY
 from berth.cli import main
 from berth.config import NotificationSettings
 from berth.events import signing
+from berth.events.formats import cloudevent
 from berth.events.journal import batch_keys
+from berth.events.model import GC_ORIGIN, Event, Origin, Target
 from berth.events.service import EventDelivery
 from berth.storage import paths
 from berth.storage.driver import PathNotFound, StorageDriver
@@ -254,6 +256,23 @@ async def test_a_push_by_digest_has_an_event_per_tag_parameter(
         (digest, "a"),
         (digest, "b"),
     ]
+
+
+def test_cloudevents_types_subjects_and_sources() -> None:
+    gc = Event("delete", "manifest", Target("app", digest="sha256:" + "a" * 64), GC_ORIGIN)
+    untag = Event("delete", "tag", Target("app", tag="v1"), Origin(base_url="https://r.example"))
+    mount = Event("mount", "blob", Target("b", "application/octet-stream", "sha256:1"), Origin())
+    bodies = [cloudevent(e) for e in (gc, untag, mount)]
+    assert [b["type"] for b in bodies] == [
+        "dev.berth.manifest.deleted",
+        "dev.berth.tag.deleted",
+        "dev.berth.blob.mounted",
+    ]
+    assert [b["subject"] for b in bodies] == ["app@sha256:" + "a" * 64, "app:v1", "b@sha256:1"]
+    # Without a base URL (a GC run), the source names the registry instance.
+    assert bodies[0]["source"] == f"urn:berth:{gc.instance_id}"
+    assert bodies[1]["source"] == "https://r.example"
+    assert bodies[0]["data"]["actor"] == {"name": "gc"}
 
 
 async def test_filters_by_action_repository_and_media_type(
