@@ -42,6 +42,9 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(HERE))
+
+import events_cost  # noqa: E402
 
 import s3_servers  # noqa: E402
 from e2e.ocilayout import OCILayout  # noqa: E402
@@ -113,7 +116,9 @@ def wait_ready(p: Proc) -> None:
     raise RuntimeError(f"{p.name} not ready")
 
 
-def start_berth(workdir: Path, storage: dict[str, object], workers: int) -> Proc:
+def start_berth(
+    workdir: Path, storage: dict[str, object], workers: int, extra: dict[str, object] | None = None
+) -> Proc:
     port = free_port()
     cfg = workdir / f"berth-{port}.yaml"
     cfg.write_text(
@@ -122,6 +127,7 @@ def start_berth(workdir: Path, storage: dict[str, object], workers: int) -> Proc
                 "http": {"host": "127.0.0.1", "port": port, "workers": workers},
                 "storage": storage,
                 "observability": {"access_log": False, "log_level": "warning"},
+                **(extra or {}),
             }
         )
     )
@@ -556,6 +562,30 @@ def _commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
+async def measure_events(
+    workdir: Path, driver: str, weed: s3_servers.S3Server | None, workers: int, rounds: int
+) -> list[tuple[str, float]]:
+    """Manifest PUT with events off, on, and on with a hanging receiver (each its own storage)."""
+    bench = Bench(0, workdir)
+
+    def start(label: str, extra: dict[str, object]) -> Proc:
+        if driver == "s3":
+            assert weed is not None
+            storage: dict[str, object] = {
+                "driver": "s3",
+                "s3": weed.settings(bucket=s3_servers.new_bucket(weed)),
+            }
+        else:
+            root = workdir / f"events-{label.replace(' ', '-').replace(',', '')}"
+            storage = {"filesystem": {"root": str(root)}}
+        return start_berth(workdir, storage, workers, extra)
+
+    async def prepared(p: Proc) -> Fixture:
+        return await prepare(p.url, "bench/events")
+
+    return await events_cost.compare(start, prepared, bench.manifest_put, rounds)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
@@ -564,6 +594,12 @@ def main() -> int:
     ap.add_argument("--drivers", default="s3,filesystem")
     ap.add_argument("--only", default="", help="comma-separated workload name fragments")
     ap.add_argument("--out", default=str(HERE / "results.md"))
+    ap.add_argument(
+        "--events",
+        action="store_true",
+        help="also measure manifest PUT with registry events off, on, and on with a hanging "
+        "receiver (bench/events_cost.py)",
+    )
     ap.add_argument(
         "--distribution", default=default_distribution(), help="Distribution binary to compare"
     )
@@ -617,6 +653,13 @@ def main() -> int:
             sections.append(section)
             berth.stop()
             dist.stop()
+            if args.events:
+                section = events_cost.table(
+                    title,
+                    asyncio.run(measure_events(workdir, driver, weed, args.workers, args.rounds)),
+                )
+                print(section, flush=True)
+                sections.append(section)
     finally:
         for p in procs:
             p.stop()

@@ -25,6 +25,7 @@ CONFIG_PATH = f"{CONFIG_DIR}/config.yaml"
 CONFIG_KEY = "config.yaml"
 DATA_DIR = "/var/lib/berth"
 AUTH_DIR = f"{CONFIG_DIR}/auth"
+NOTIFY_DIR = f"{CONFIG_DIR}/notifications"
 RUN_AS = 10001
 METRICS_PORT = 9090  # observability.metrics_port of every registry pod
 SHUTDOWN_MARGIN = 5  # seconds between the server's shutdown timeout and SIGKILL
@@ -244,6 +245,74 @@ def auth_parts(spec: Obj) -> AuthParts:
     return parts
 
 
+def notification_parts(spec: Obj) -> AuthParts:
+    """Map ``spec.notifications`` to the registry's ``notifications:`` config section
+    (``NotificationSettings``), with each endpoint's Secrets and CA ConfigMap projected into a
+    directory of its own. The registry reads them at each delivery, so a rotated Secret
+    applies without a restart."""
+    notifications = spec.get("notifications") or {}
+    endpoints = notifications.get("endpoints") or []
+    parts = AuthParts()
+    if not endpoints:
+        return parts
+    section: Obj = {"endpoints": []}
+    if notifications.get("deadLetterRetentionSeconds") is not None:
+        section["dead_letter_retention_seconds"] = notifications["deadLetterRetentionSeconds"]
+    for index, endpoint in enumerate(endpoints):
+        # By position: an endpoint's name may be longer than a volume name may be.
+        directory = f"{NOTIFY_DIR}/{index}"
+        config, sources = _endpoint_config(endpoint, directory)
+        section["endpoints"].append(config)
+        if sources:
+            volume = f"notify-{index}"
+            # Signing keys and tokens: readable by the pod's group (fsGroup) only.
+            projected = {"sources": sources, "defaultMode": 0o440}
+            parts.volumes.append({"name": volume, "projected": projected})
+            parts.mounts.append({"name": volume, "mountPath": directory, "readOnly": True})
+    parts.config = section
+    return parts
+
+
+def _endpoint_config(endpoint: Obj, directory: str) -> tuple[Obj, list[Obj]]:
+    """One endpoint's config, and the projected volume sources of the files it names."""
+    config: Obj = {"name": endpoint["name"], "url": endpoint["url"]}
+    for src, dst in (
+        ("format", "format"),
+        ("actions", "actions"),
+        ("repositories", "repositories"),
+        ("mediaTypes", "media_types"),
+        ("timeoutSeconds", "timeout_seconds"),
+        ("backoffSeconds", "backoff_seconds"),
+        ("maxAttempts", "max_attempts"),
+        ("queueSize", "queue_size"),
+    ):
+        if endpoint.get(src) is not None:
+            config[dst] = endpoint[src]
+    if endpoint.get("headers"):
+        config["headers"] = {k: [v] for k, v in endpoint["headers"].items()}
+    sources: list[Obj] = []
+    secrets: list[tuple[str, str, str]] = []  # (Secret, key, file name)
+    if endpoint.get("secret"):
+        ref = endpoint["secret"]
+        secrets.append((ref["name"], ref.get("key", "secret"), "secret"))
+        config["secret_file"] = f"{directory}/secret"
+    headers = endpoint.get("headerSecrets") or []
+    for h in headers:
+        secrets.append((h["name"], h["key"], f"header-{h['header'].lower()}"))
+    if headers:
+        config["header_files"] = {
+            h["header"]: f"{directory}/header-{h['header'].lower()}" for h in headers
+        }
+    for name, key, filename in secrets:
+        sources.append({"secret": {"name": name, "items": [{"key": key, "path": filename}]}})
+    ca = endpoint.get("caConfigMap")
+    if ca:
+        item = {"key": ca.get("key", "ca.crt"), "path": "ca.crt"}
+        sources.append({"configMap": {"name": ca["name"], "items": [item]}})
+        config["ca_file"] = f"{directory}/ca.crt"
+    return config, sources
+
+
 def deep_merge(base: Obj, override: Obj) -> Obj:
     result = copy.deepcopy(base)
     for key, value in override.items():
@@ -290,6 +359,9 @@ def registry_config(spec: Obj) -> Obj:
     auth = auth_parts(spec).config
     if auth is not None:
         config["auth"] = auth
+    notifications = notification_parts(spec).config
+    if notifications is not None:
+        config["notifications"] = notifications
     merged = deep_merge(config, spec.get("config") or {})
     # Dedicated fields win over spec.config (config_conflicts names what was overridden), and
     # what the pod's ports and lifecycle depend on is the operator's.
@@ -423,9 +495,9 @@ def pod_parts(name: str, spec: Obj) -> PodParts:
                         },
                     }
                 )
-    auth = auth_parts(spec)
-    volumes += auth.volumes
-    mounts += auth.mounts
+    for files in (auth_parts(spec), notification_parts(spec)):
+        volumes += files.volumes
+        mounts += files.mounts
     volumes += copy.deepcopy(spec.get("extraVolumes") or [])
     mounts += copy.deepcopy(spec.get("extraVolumeMounts") or [])
     env += copy.deepcopy(spec.get("env") or [])
@@ -1151,6 +1223,7 @@ __all__ = [
     "build_registry_objects",
     "build_service",
     "build_service_monitor",
+    "notification_parts",
     "registry_config",
     "validate_registry_spec",
 ]

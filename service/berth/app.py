@@ -14,6 +14,7 @@ from .api import base, blobs, dispatch, listing, manifests, referrers, uploads
 from .api.common import EXCEPTION_HANDLERS
 from .auth import install as install_auth
 from .config import SETTINGS_ENV, Settings
+from .events.service import EventDelivery
 from .gc.background import Maintenance, config_file_from_environment
 from .observability.health import check_periodically, on_shutdown_signal
 from .observability.logging import configure_logging
@@ -47,6 +48,12 @@ def create_app(
         await registry.driver.start()
         maintenance = Maintenance(registry.driver, settings, config_file)
         await maintenance.start()
+        events = None
+        if registry.recorder is not None:  # off the request path: one loop per endpoint
+            events = EventDelivery(
+                registry.driver, settings.notifications, registry.recorder.journal
+            )
+            await events.start()
         background: list[asyncio.Task[None]] = []
         if obs.storage_check_seconds > 0:
             check = check_periodically(
@@ -73,6 +80,8 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await maintenance.stop()
+            if events is not None:
+                await events.stop()
             await registry.close()
 
     app = FastAPI(

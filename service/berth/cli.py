@@ -178,6 +178,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return run_command(args, settings_from_args(args, gc_flags()))
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    from .events.command import run_command
+
+    return run_command(args, settings_from_args(args, gc_flags()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="berth",
@@ -233,6 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--log-level", help="log level (observability.log_level; default info)")
     add_gc_arguments(gc)
     gc.set_defaults(func=cmd_gc)
+
+    from .events.command import add_arguments as add_events_arguments
+
+    events = sub.add_parser(
+        "events",
+        help="list pending and dead-lettered registry events; replay dead letters",
+        description="Registry events of the configured notification endpoints (docs/events.md).",
+        epilog=_ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+    def common(action: argparse.ArgumentParser) -> None:
+        _add_common_storage_flags(action)
+        action.add_argument("--log-level", help="log level (observability.log_level)")
+
+    add_events_arguments(events, common)
+    events.set_defaults(func=cmd_events)
     return parser
 
 

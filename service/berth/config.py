@@ -7,10 +7,21 @@ variables (nested keys joined by ``__``, e.g. ``BERTH_STORAGE__ROOT``), the YAML
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -321,6 +332,175 @@ class ValidationSettings(_Section):
     manifests: ManifestValidationSettings = ManifestValidationSettings()
 
 
+EventAction = Literal["push", "pull", "mount", "delete", "fill"]
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _readable(path: Path | None) -> Path | None:
+    if path is not None:
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return path
+
+
+class NotificationEndpointSettings(_Section):
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",
+        description="Unique name (lowercase letters, digits, `.`, `_`, `-`): names the "
+        "endpoint in logs, metrics, `berth events` and its delivery state in storage.",
+    )
+    url: str = Field(description="http(s) URL each event is POSTed to.")
+    format: Literal["distribution", "cloudevents"] = Field(
+        "distribution",
+        description="distribution: CNCF Distribution's envelope "
+        "(`application/vnd.docker.distribution.events.v1+json`); cloudevents: CloudEvents 1.0 "
+        "structured JSON.",
+    )
+    actions: list[EventAction] = Field(
+        ["push", "mount", "delete", "fill"],
+        description="Actions sent: push, pull, mount, delete, fill (default: all but pull).",
+    )
+    repositories: list[str] = Field(
+        [],
+        description="Repository globs (`*` within a path component, `**` across, `?` one "
+        "character); empty: every repository.",
+    )
+    media_types: list[str] = Field(
+        [], description="Target media types sent (exact); empty: every media type."
+    )
+    secret_file: Path | None = Field(
+        None,
+        description="File holding the HMAC-SHA256 key for the `Berth-Signature` header "
+        "(surrounding whitespace ignored).",
+    )
+    secret_env: str | None = Field(
+        None, description="Environment variable holding the signature key (if no secret_file)."
+    )
+    headers: dict[str, list[str]] = Field({}, description="Extra request headers.")
+    header_files: dict[str, Path] = Field(
+        {},
+        description="Extra request headers whose value is read from a file (a mounted Secret), "
+        "e.g. `{Authorization: /run/secrets/hook-token}`.",
+    )
+    timeout_seconds: float = Field(5.0, gt=0, description="Timeout of one delivery attempt.")
+    backoff_seconds: float = Field(
+        1.0, gt=0, description="Wait after the first failed attempt; doubled after each next one."
+    )
+    max_backoff_seconds: float = Field(300.0, gt=0, description="Longest wait between attempts.")
+    max_attempts: int = Field(
+        10, ge=1, description="Attempts per event before it becomes a dead letter."
+    )
+    queue_size: int = Field(
+        10_000,
+        ge=1,
+        description="Most events waiting for this endpoint; beyond it the oldest are dropped "
+        "(counted in berth_events_dropped_total and logged).",
+    )
+    ca_file: Path | None = Field(
+        None, description="PEM CA bundle for an https receiver with a private CA."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a port that does not parse
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("headers", "header_files")
+    @classmethod
+    def _header_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, values in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if isinstance(values, list) and any("\r" in v or "\n" in v for v in values):
+                raise ValueError(f"the value of {name} has a line break")
+        return value
+
+    @field_validator("secret_file", "ca_file")
+    @classmethod
+    def _file(cls, value: Path | None) -> Path | None:
+        return _readable(value)
+
+    @field_validator("header_files")
+    @classmethod
+    def _header_files(cls, value: dict[str, Path]) -> dict[str, Path]:
+        for path in value.values():
+            _readable(path)
+        return value
+
+    @field_validator("secret_env")
+    @classmethod
+    def _env(cls, value: str | None) -> str | None:
+        if value is not None and not os.environ.get(value):
+            raise ValueError(f"environment variable {value} is not set")
+        return value
+
+
+class NotificationSettings(_Section):
+    endpoints: list[NotificationEndpointSettings] = Field(
+        [],
+        description="Receivers of registry events (docs/events.md). None: nothing is "
+        "recorded, at no cost.",
+    )
+    dead_letter_retention_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=0,
+        description="How long events that failed every attempt are kept (for `berth events` "
+        "to list and replay).",
+    )
+    claim_ttl_seconds: float = Field(
+        60.0,
+        ge=1,
+        description="An endpoint's delivery claim (held by one replica) is taken over by "
+        "another this long after its holder stopped renewing it.",
+    )
+    poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How often a replica looks for events recorded by other replicas (its own "
+        "are delivered at once).",
+    )
+
+    @field_validator("endpoints", mode="wrap")
+    @classmethod
+    def _name_the_endpoint(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler
+    ) -> list[NotificationEndpointSettings]:
+        """Name the endpoint and the key in every error, not only the list index."""
+        try:
+            endpoints: list[NotificationEndpointSettings] = handler(value)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                loc = list(error["loc"])
+                name: Any = loc[0] if loc else "?"
+                if isinstance(name, int) and isinstance(value, list) and name < len(value):
+                    item = value[name]
+                    name = item.get("name", f"#{name}") if isinstance(item, dict) else name
+                key = ".".join(str(p) for p in loc[1:]) or "(endpoint)"
+                message = str(error["msg"]).removeprefix("Value error, ")
+                problems.append(f"endpoint {name!r}: {key}: {message}")
+            raise ValueError("; ".join(problems)) from None
+        return endpoints
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> NotificationSettings:
+        seen: set[str] = set()
+        for endpoint in self.endpoints:
+            if endpoint.name in seen:
+                raise ValueError(f"endpoint {endpoint.name!r}: name: used by two endpoints")
+            seen.add(endpoint.name)
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BERTH_", env_nested_delimiter="__", extra="forbid"
@@ -334,6 +514,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     validation: ValidationSettings = ValidationSettings()
+    notifications: NotificationSettings = NotificationSettings()
 
     @classmethod
     def settings_customise_sources(

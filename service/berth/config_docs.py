@@ -44,6 +44,8 @@ This file is generated from `service/berth/config.py` by `python -m berth.config
 
 
 def _default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
     value = field.get_default(call_default_factory=True)
     if isinstance(value, BaseModel):
         return ""
@@ -62,6 +64,15 @@ def _type(field: FieldInfo) -> str:
     return text.replace("|", "\\|")
 
 
+def _list_item_model(annotation: Any) -> type[BaseModel] | None:
+    args = get_args(annotation)
+    if get_origin(annotation) is list and args:
+        item = args[0]
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item
+    return None
+
+
 def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows: list[str] = []
     nested: list[tuple[str, type[BaseModel]]] = []
@@ -71,9 +82,13 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             nested.append((path, annotation))
             continue
-        env = "BERTH_" + path.upper().replace(".", "__")
+        item = _list_item_model(annotation)
+        if item is not None:  # a list of sections: its keys are documented as `path[].key`
+            nested.append((f"{path}[]", item))
+        # A list's items have no variables of their own: the list's variable holds JSON.
+        env = "" if "[]" in path else "`BERTH_" + path.upper().replace(".", "__") + "`"
         description = (field.description or "").replace("|", "\\|")
-        rows.append(f"| `{path}` | {_type(field)} | {_default(field)} | `{env}` | {description} |")
+        rows.append(f"| `{path}` | {_type(field)} | {_default(field)} | {env} | {description} |")
     for path, sub in nested:
         rows += _rows(sub, f"{path}.")
     return rows

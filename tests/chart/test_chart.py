@@ -88,6 +88,38 @@ def test_s3_values_create_a_valid_registry() -> None:
     validate_custom(registry)
 
 
+def test_registry_notifications_from_values(tmp_path: Path) -> None:
+    hook = {
+        "name": "ci",
+        "url": "https://ci.example.com/hooks",
+        "secret": {"name": "ci-hook"},
+        "headerSecrets": [{"header": "Authorization", "name": "ci-hook", "key": "token"}],
+    }
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {"registry": {"enabled": True, "spec": {"notifications": {"endpoints": [hook]}}}}
+        )
+    )
+    docs = documents(template("-f", str(values)))
+    registry = next(d for d in docs if d["kind"] == "Registry")
+    assert registry["spec"]["notifications"]["endpoints"] == [hook]
+    validate_custom(registry)
+    for bad in ("format=xml", "url=ftp://ci", "actions[0]=tweet"):
+        result = helm(
+            "template",
+            "berth",
+            str(CHART),
+            "-f",
+            str(values),
+            "--set",
+            f"registry.spec.notifications.endpoints[0].{bad}",
+            check=False,
+        )
+        key = bad.split("=")[0].split("[")[0]
+        assert result.returncode != 0 and f"notifications/endpoints/0/{key}" in result.stderr, bad
+
+
 def test_watching_some_namespaces() -> None:
     docs = documents(template("--set", "operator.watchNamespaces={registry,team-*}"))
     role = next(d for d in docs if d["metadata"]["name"] == "berth-operator-cluster")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from berth_operator.builders import (
     build_gc_workload,
     build_registry_objects,
     gc_command,
+    notification_parts,
     registry_config,
     validate_registry_spec,
 )
@@ -79,6 +81,27 @@ SPECS: dict[str, dict[str, Any]] = {
                 "trustedKeysSecret": {"name": "issuer-keys"},
                 "signingKeySecret": {"name": "signing", "key": "tls.key"},
             },
+        },
+    },
+    "notifications": {
+        "notifications": {
+            "deadLetterRetentionSeconds": 3600,
+            "endpoints": [
+                {
+                    "name": "ci",
+                    "url": "https://ci.example/hooks/registry",
+                    "actions": ["push", "delete"],
+                    "repositories": ["team-a/*"],
+                    "secret": {"name": "hook-secret"},
+                    "headers": {"X-Team": "a"},
+                    "headerSecrets": [
+                        {"header": "Authorization", "name": "hook-token", "key": "header"}
+                    ],
+                    "caConfigMap": {"name": "ci-ca"},
+                    "timeoutSeconds": 2.5,
+                },
+                {"name": "scanner", "url": "http://scanner:8080/", "format": "cloudevents"},
+            ],
         },
     },
 }
@@ -187,8 +210,15 @@ def settings_from(config: dict[str, Any], tmp_path: Path) -> Any:
         knows_auth = False
     if not knows_auth:
         config = {k: v for k, v in config.items() if k != "auth"}
+    # Files the pod would have mounted (Secrets, ConfigMaps) are made under tmp_path.
+    text = yaml.safe_dump(config)
+    for mounted in sorted(set(re.findall(r"/etc/berth/notifications/[\w./-]+", text))):
+        local = tmp_path / mounted.lstrip("/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text("mounted\n")
+        text = text.replace(mounted, str(local))
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(text)
     return load_settings(path)
 
 
@@ -203,6 +233,64 @@ def test_generated_config_loads_in_berth(name: str, tmp_path: Path) -> None:
         assert settings.storage.s3.public_endpoint_url == "https://minio.example.com"
         assert settings.http.base_url == "https://registry.example.com"
         assert settings.cache.manifest_bytes == 1024
+    if name == "notifications":
+        ci, scanner = settings.notifications.endpoints
+        assert ci.actions == ["push", "delete"] and ci.repositories == ["team-a/*"]
+        assert ci.secret_file is not None and ci.secret_file.read_text() == "mounted\n"
+        assert ci.timeout_seconds == 2.5 and ci.headers == {"X-Team": ["a"]}
+        assert scanner.format == "cloudevents" and scanner.secret_file is None
+        assert settings.notifications.dead_letter_retention_seconds == 3600
+
+
+def test_notification_secrets_are_projected_files() -> None:
+    spec = defaulted_spec("Registry", SPECS["notifications"])
+    parts = notification_parts(spec)
+    assert parts.config is not None
+    ci = parts.config["endpoints"][0]
+    assert ci["secret_file"] == "/etc/berth/notifications/0/secret"
+    assert ci["header_files"] == {
+        "Authorization": "/etc/berth/notifications/0/header-authorization"
+    }
+    assert ci["ca_file"] == "/etc/berth/notifications/0/ca.crt"
+    assert parts.volumes == [
+        {
+            "name": "notify-0",
+            "projected": {
+                "sources": [
+                    {
+                        "secret": {
+                            "name": "hook-secret",
+                            "items": [{"key": "secret", "path": "secret"}],
+                        }
+                    },
+                    {
+                        "secret": {
+                            "name": "hook-token",
+                            "items": [{"key": "header", "path": "header-authorization"}],
+                        }
+                    },
+                    {
+                        "configMap": {
+                            "name": "ci-ca",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        }
+                    },
+                ],
+                "defaultMode": 0o440,
+            },
+        }
+    ]
+    assert parts.mounts == [
+        {"name": "notify-0", "mountPath": "/etc/berth/notifications/0", "readOnly": True}
+    ]
+    objects = build_registry_objects(body(SPECS["notifications"]), IMAGE)
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert parts.volumes[0] in pod["volumes"]
+    assert parts.mounts[0] in pod["containers"][0]["volumeMounts"]
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap")
+    assert "hook-token" not in config_map["data"]["config.yaml"]  # names files, never values
+    assert notification_parts(defaulted_spec("Registry", {})).config is None
 
 
 def test_auth_section_and_secret_files() -> None:

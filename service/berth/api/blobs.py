@@ -7,7 +7,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from ..registry.digest import Digest
 from ..registry.errors import RangeInvalid
-from .common import RouteTable, repository
+from .common import RouteTable, origin, repository
 
 routes = RouteTable()
 
@@ -82,5 +82,5 @@ async def delete_blob(request: Request) -> Response:
     reg, name = repository(request)
     digest = request.path_params["digest"]
     reg.check_delete()
-    await reg.blobs.unlink(name, Digest.parse(digest))
+    await reg.blobs.unlink(name, Digest.parse(digest), origin(request))
     return Response(status_code=202, headers={"Content-Length": "0"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
+from ..events.model import Origin
 from ..registry.errors import RegistryError, SizeInvalid
 from ..registry.registry import Registry
 from ..storage.driver import StorageError, StorageUnavailable
@@ -31,6 +33,27 @@ def repository(request: Request, *, write: bool = False) -> tuple[Registry, str]
     if write:
         reg.check_writable()
     return reg, name
+
+
+def origin(request: Request) -> Origin | None:
+    """The request, as an event describes it; None (nothing built) when events are off."""
+    reg = registry(request)
+    if reg.events is None:
+        return None
+    headers = request.headers
+    host = headers.get("host", "")[:256]
+    identity = getattr(request.state, "identity", None)
+    client = request.client
+    base = reg.settings.http.base_url or f"{request.url.scheme}://{host}"
+    return Origin(
+        actor=(identity.user or "") if identity is not None else "",
+        request_id=headers.get("x-request-id", "")[:128] or str(uuid.uuid4()),
+        addr=f"{client.host}:{client.port}" if client else "",
+        host=host,
+        method=request.method,
+        useragent=headers.get("user-agent", "")[:512],
+        base_url=base.rstrip("/"),
+    )
 
 
 def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:

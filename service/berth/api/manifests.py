@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from ..registry import mediatypes as mt
 from ..registry.errors import ManifestTooLarge, ManifestUnknown
 from ..registry.names import is_digest_reference
-from .common import RouteTable, content_length, location, repository
+from .common import RouteTable, content_length, location, origin, repository
 
 routes = RouteTable()
 
@@ -43,6 +43,8 @@ async def get_manifest(request: Request) -> Response:
     reference = request.path_params["reference"]
     stored = await reg.manifests.get(name, reference)
     _check_accept(request, stored.media_type, reference)
+    if request.method == "GET" and reg.events is not None:
+        await reg.manifests.pulled(name, reference, stored, origin(request))
     headers = {
         "Docker-Content-Digest": str(stored.digest),
         "ETag": f'"{stored.digest}"',
@@ -75,6 +77,7 @@ async def put_manifest(request: Request) -> Response:
         body,
         request.headers.get("content-type"),
         tags=request.query_params.getlist("tag"),
+        origin=origin(request),
     )
     headers = {
         "Location": location(request, f"/v2/{name}/manifests/{stored.digest}"),
@@ -94,5 +97,5 @@ async def delete_manifest(request: Request) -> Response:
     reg, name = repository(request)
     reference = request.path_params["reference"]
     reg.check_delete()
-    await reg.manifests.delete(name, reference)
+    await reg.manifests.delete(name, reference, origin(request))
     return Response(status_code=202, headers={"Content-Length": "0"})

@@ -9,7 +9,15 @@ from ..registry.digest import Digest
 from ..registry.errors import DigestInvalid, RangeInvalid
 from ..registry.registry import Registry
 from ..registry.uploads import UploadStatus, parse_content_range, validate_upload_id
-from .common import RouteTable, content_length, has_body, location, registry, repository
+from .common import (
+    RouteTable,
+    content_length,
+    has_body,
+    location,
+    origin,
+    registry,
+    repository,
+)
 
 routes = RouteTable()
 
@@ -68,11 +76,13 @@ async def start_upload(request: Request) -> Response:
     params = request.query_params
     if "mount" in params:
         digest = Digest.parse(params["mount"])
-        if await reg.mount(name, digest, params.get("from")):
+        if await reg.mount(name, digest, params.get("from"), origin(request)):
             return _created(request, name, digest)
     elif "digest" in params:
         digest = _digest_param(request)
-        await reg.uploads.monolithic(name, digest, request.stream(), content_length(request))
+        await reg.uploads.monolithic(
+            name, digest, request.stream(), content_length(request), origin(request)
+        )
         return _created(request, name, digest)
     status = await reg.uploads.start(name)
     return _session_response(request, name, status, 202)
@@ -109,6 +119,7 @@ async def finish_upload(request: Request) -> Response:
         request.stream() if has_body(request) else None,
         await _content_range(request, name, upload_id),
         content_length(request),
+        origin(request),
     )
     return _created(request, name, digest)
 

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..config import AuthSettings, PolicyRuleSettings
+from ..globs import glob_to_regex
 from ..registry.errors import RegistryError
 from ..registry.names import validate_name
 from .files import WatchedFile
@@ -49,26 +50,6 @@ class Identity:
 
 
 ANONYMOUS = Identity(None)
-
-
-def glob_to_regex(glob: str) -> re.Pattern[str]:
-    """``**`` spans path components, ``*`` stays inside one, ``?`` is one character."""
-    out = []
-    i = 0
-    while i < len(glob):
-        if glob.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif glob[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif glob[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(glob[i]))
-            i += 1
-    return re.compile("".join(out))
 
 
 def specificity(glob: str) -> tuple[int, int]:

@@ -7,7 +7,9 @@ import asyncio
 import re
 import sys
 
-from ..config import Settings
+from ..config import NotificationSettings, Settings
+from ..events.recorder import build_recorder
+from ..registry.notify import Notifier
 from ..storage.driver import StorageDriver
 from .report import Progress, print_summary
 from .run import GCOptions, LeaseHeld, collect_garbage
@@ -82,10 +84,20 @@ def options_from(args: argparse.Namespace, settings: Settings) -> GCOptions:
     )
 
 
-async def _run(driver: StorageDriver, options: GCOptions, as_json: bool) -> int:
+async def _run(
+    driver: StorageDriver,
+    options: GCOptions,
+    as_json: bool,
+    notifications: NotificationSettings | None = None,
+) -> int:
+    """``notifications``: where the deletes are recorded as events (none when unset)."""
     await driver.start()
     try:
-        report = await collect_garbage(driver, options, Progress(enabled=not as_json))
+        recorder = build_recorder(driver, notifications) if notifications else None
+        events = Notifier(recorder) if recorder is not None else None
+        report = await collect_garbage(
+            driver, options, Progress(enabled=not as_json), events=events
+        )
     finally:
         await driver.close()
     print_summary(report, sys.stdout, as_json)
@@ -98,7 +110,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     options = options_from(args, settings)
     driver = create_driver(settings)
     try:
-        return asyncio.run(_run(driver, options, args.json))
+        return asyncio.run(_run(driver, options, args.json, settings.notifications))
     except LeaseHeld as exc:
         print(f"berth gc: {exc}", file=sys.stderr)
         return EXIT_LEASE

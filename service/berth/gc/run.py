@@ -8,8 +8,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from ..registry.digest import Digest
+from ..registry.notify import Notifier
 from ..storage.driver import StorageDriver
-from .inventory import take_inventory
+from .inventory import LAYER, REVISION, take_inventory
 from .lease import Lease
 from .mark import Marker
 from .purge import purge_uploads
@@ -46,9 +48,11 @@ async def collect_garbage(
     options: GCOptions,
     progress: Progress | None = None,
     phase_hook: Callable[[str], Awaitable[None]] | None = None,
+    events: Notifier | None = None,
 ) -> Report:
     """One run. ``phase_hook(name)`` is awaited at each phase boundary (tests widen the windows
-    between listing, marking and sweeping with it)."""
+    between listing, marking and sweeping with it). ``events``: records a delete event (actor
+    ``gc``) for each manifest revision and blob link removed."""
     progress = progress or Progress(enabled=False)
     report = Report(
         dry_run=options.dry_run,
@@ -131,6 +135,8 @@ async def collect_garbage(
             report.empty_blob_dirs_deleted = stats.empty_blob_dirs_deleted
             report.skipped_in_use = stats.skipped_in_use
             report.errors += stats.errors
+            if events is not None:
+                await _record_deletes(events, sweeper.removed, report)
 
         if options.purge_uploads:
             progress.start("purging uploads")
@@ -155,6 +161,23 @@ async def collect_garbage(
     report.objects_per_second = report.objects_scanned / max(report.elapsed_seconds, 1e-6)
     report.ok = not report.errors
     return report
+
+
+async def _record_deletes(events: Notifier, removed: list[Unit], report: Report) -> None:
+    manifests: list[tuple[str, Digest]] = []
+    blobs: list[tuple[str, Digest]] = []
+    for unit in removed:
+        for link in unit.links:
+            if link.digest is not None and link.kind == REVISION:
+                manifests.append((link.repo, link.digest))
+            elif link.digest is not None and link.kind == LAYER:
+                blobs.append((link.repo, link.digest))
+    try:
+        await events.deleted_by_gc(manifests, blobs)
+    except Exception as exc:  # what was deleted stays deleted; the report says what is missing
+        message = f"could not record {len(manifests) + len(blobs)} delete events: {exc}"
+        log.error("gc: %s", message)
+        report.errors.append(message)
 
 
 def _describe(report: Report, units: list[Unit]) -> None:

@@ -187,6 +187,7 @@ class Sweeper:
         self.sem = asyncio.Semaphore(concurrency)
         self.on_unit = on_unit
         self.stats = SweepStats()
+        self.removed: list[Unit] = []  # units done (their links and blob are gone)
         self.prefix_objects = prefix_objects(inventory) if inventory is not None else {}
         self.batch_units = batch_units or max(BATCH_MIN_UNITS, concurrency * 8)
         self.adaptive = batch_units is None
@@ -402,6 +403,7 @@ class Sweeper:
             if id(w) in failed_before:
                 continue
             self._links_done(w)
+            self.removed.append(w.unit)
             if w.unit.delete_data:
                 self._blob_done(w)
 

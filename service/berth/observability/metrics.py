@@ -32,7 +32,14 @@ from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -53,6 +60,36 @@ STORAGE_CHECKED = Gauge(
 )
 STORAGE_CHECK_DURATION = Gauge(
     "berth_storage_check_duration_seconds", "Duration of the last storage health check."
+)
+
+# Registry events, per endpoint (docs/events.md). Pending is set by the process delivering to
+# the endpoint (one replica at a time) and 0 elsewhere, so sums over workers are right.
+EVENTS_PENDING = Gauge(
+    "berth_events_pending", "Events recorded and not yet delivered, dropped or dead.", ["endpoint"]
+)
+EVENTS_DELIVERED = Counter(
+    "berth_events_delivered", "Events the endpoint accepted (2xx).", ["endpoint"]
+)
+EVENTS_FAILED = Counter(
+    "berth_events_failed",
+    "Delivery attempts that failed (retried until max_attempts).",
+    ["endpoint"],
+)
+EVENTS_DEAD = Counter(
+    "berth_events_dead_lettered",
+    "Events that failed every attempt (kept as dead letters).",
+    ["endpoint"],
+)
+EVENTS_DROPPED = Counter(
+    "berth_events_dropped",
+    "Oldest events dropped because the endpoint's queue was full.",
+    ["endpoint"],
+)
+EVENTS_LATENCY = Histogram(
+    "berth_events_delivery_latency_seconds",
+    "Time from recording an event to the endpoint accepting it.",
+    ["endpoint"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
 )
 
 # How gauges of several workers combine (everything else is summed).

@@ -6,13 +6,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
+from ..events.model import Origin
 from ..storage import paths
 from ..storage.driver import PathNotFound, StorageDriver, StorageUnavailable
 from .cache import LRUCache
 from .digest import Digest
 from .errors import BlobUnknown
 from .freshness import Generation, PresenceCache
+
+if TYPE_CHECKING:
+    from .notify import Notifier
 
 # A GC run never issues a delete more than TOMBSTONE_DEADLINE_SECONDS after writing its tombstone
 # (berth.gc.sweep); writers treat older tombstones as abandoned. The gap covers request timeouts.
@@ -30,8 +35,10 @@ class BlobStore:
         redirect_reuse: float = 0.0,
         generation: Generation | None = None,
         reservation_reuse: float = 0.0,
+        events: Notifier | None = None,
     ) -> None:
         self.driver = driver
+        self.events = events
         # digest → size; a blob's content never changes, only whether it exists (GC).
         self._sizes: LRUCache[Digest, int] = LRUCache(cache_entries)
         # Link keys seen present, trusted for ``link_staleness`` seconds (see freshness.py).
@@ -218,12 +225,14 @@ class BlobStore:
         await self.driver.put(key, str(digest).encode())
         self.links.remember(key, sent)
 
-    async def unlink(self, name: str, digest: Digest) -> None:
+    async def unlink(self, name: str, digest: Digest, origin: Origin | None = None) -> None:
         key = paths.layer_link(name, digest)
         if not await self.has_link(key, fresh=True):
             raise BlobUnknown(f"blob unknown to repository {name}: {digest}")
         self.links.forget(key)  # this replica sees the delete at once
         await self.driver.delete(key)
+        if self.events is not None:
+            await self.events.blob("delete", name, digest, None, origin or Origin())
 
     def open(
         self, digest: Digest, offset: int = 0, length: int | None = None

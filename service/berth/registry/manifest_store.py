@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..events.model import Origin
 from ..storage import paths
 from ..storage.driver import PathNotFound, StorageDriver
 from .blobs import BlobStore
@@ -19,7 +21,8 @@ from .errors import (
     ManifestUnknown,
 )
 from .manifest import Descriptor, Manifest, parse_manifest
-from .names import lookup_reference, parse_reference, validate_tags
+from .names import is_digest_reference, lookup_reference, parse_reference, validate_tags
+from .notify import Notifier
 from .tags import Tags
 
 
@@ -43,8 +46,10 @@ class ManifestStore:
         cache_bytes: int,
         *,
         allow_sparse: bool = False,
+        events: Notifier | None = None,
     ) -> None:
         self.driver = driver
+        self.events = events
         self.blobs = blobs
         self.tags = tags
         # validation.manifests.allow_sparse: absent referenced blobs and children are accepted.
@@ -81,6 +86,22 @@ class ManifestStore:
             digest = await self.tags.resolve(name, ref)
         return await self.load(digest)
 
+    async def pulled(
+        self, name: str, reference: str, stored: StoredManifest, origin: Origin | None
+    ) -> None:
+        """Record that a request downloaded the manifest (when some endpoint wants pulls)."""
+        if self.events is not None:
+            tags = [] if is_digest_reference(reference) else [reference]
+            await self.events.manifest(
+                "pull",
+                name,
+                stored.digest,
+                len(stored.body),
+                stored.manifest,
+                tags,
+                origin or Origin(),
+            )
+
     async def put(
         self,
         name: str,
@@ -88,6 +109,7 @@ class ManifestStore:
         body: bytes,
         content_type: str | None,
         tags: Iterable[str] = (),
+        origin: Origin | None = None,
     ) -> tuple[StoredManifest, list[str]]:
         """Store a manifest; returns it and the tags created from ``tags``.
 
@@ -118,6 +140,11 @@ class ManifestStore:
         await asyncio.gather(*(self.tags.point(name, tag, digest) for tag in tagged))
         stored = StoredManifest(digest, body, manifest)
         self._cache.put(digest, stored, len(body) + 512)
+        if self.events is not None:
+            # One event per tag it was pushed by (Distribution: the tag pushed; none by digest).
+            await self.events.manifest(
+                "push", name, digest, len(body), manifest, tagged, origin or Origin()
+            )
         return stored, extra
 
     async def _verify_references(self, name: str, manifest: Manifest) -> None:
@@ -155,10 +182,16 @@ class ManifestStore:
                 raise ManifestInvalid(size_problem, detail=problems[:20])
             raise ManifestBlobUnknown(problems[0], detail=problems[:20])
 
-    async def delete(self, name: str, reference: str) -> None:
+    async def delete(self, name: str, reference: str, origin: Origin | None = None) -> None:
         ref = lookup_reference(reference)
         if not isinstance(ref, Digest):
+            pointed: Digest | None = None
+            if self.events is not None:  # the event names what the tag pointed at
+                with contextlib.suppress(ManifestUnknown, DigestInvalid):
+                    pointed = await self.tags.resolve(name, ref)
             await self.tags.delete(name, ref)
+            if self.events is not None:
+                await self.events.tag_deleted(name, ref, pointed, origin or Origin())
             return
         if not await self.has_revision(name, ref, fresh=True):
             raise ManifestUnknown(f"manifest unknown: {name}@{ref}")
@@ -167,6 +200,17 @@ class ManifestStore:
         key = paths.revision_link(name, ref)
         self.blobs.links.forget(key)  # this replica sees the delete at once
         await self.driver.delete(key)
+        if self.events is not None:
+            await self.events.manifest_deleted(
+                name, ref, await self._parsed(ref), origin or Origin()
+            )
+
+    async def _parsed(self, digest: Digest) -> Manifest | None:
+        """The manifest if it can still be read (its content outlives the revision link)."""
+        try:
+            return (await self.load(digest)).manifest
+        except (ManifestUnknown, ManifestInvalid):
+            return None
 
 
 __all__ = ["ManifestStore", "StoredManifest"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ..config import Settings
+from ..events.model import Origin
+from ..events.recorder import Recorder, build_recorder
 from ..storage.driver import StorageDriver
 from . import catalog
 from .blobs import BlobStore
@@ -11,6 +13,7 @@ from .errors import RegistryError, Unsupported
 from .freshness import Generation
 from .manifest_store import ManifestStore
 from .names import validate_name
+from .notify import Notifier
 from .referrers import Referrers
 from .tags import Tags
 from .uploads import Uploads
@@ -24,6 +27,9 @@ class Registry:
         self.driver = driver
         self.settings = settings
         cache = settings.cache
+        # None without endpoints: every write checks it first, so events cost nothing then.
+        self.recorder: Recorder | None = build_recorder(driver, settings.notifications)
+        self.events = Notifier(self.recorder) if self.recorder is not None else None
         self.blobs = BlobStore(
             driver,
             cache.blob_descriptors,
@@ -31,6 +37,7 @@ class Registry:
             redirect_reuse=cache.redirect_reuse_fraction,
             generation=generation,
             reservation_reuse=cache.reservation_reuse_seconds,
+            events=self.events,
         )
         self.tags = Tags(driver)
         self.manifests = ManifestStore(
@@ -39,8 +46,9 @@ class Registry:
             self.tags,
             settings.cache.manifest_bytes,
             allow_sparse=settings.validation.manifests.allow_sparse,
+            events=self.events,
         )
-        self.uploads = Uploads(driver, self.blobs)
+        self.uploads = Uploads(driver, self.blobs, events=self.events)
         self.referrers = Referrers(driver, self.manifests, settings.cache.blob_descriptors)
 
     # Guards shared by every write path.
@@ -57,7 +65,9 @@ class Registry:
     def name(name: str) -> str:
         return validate_name(name)
 
-    async def mount(self, name: str, digest: Digest, source: str | None) -> bool:
+    async def mount(
+        self, name: str, digest: Digest, source: str | None, origin: Origin | None = None
+    ) -> bool:
         """Cross-repository mount. True when ``digest`` is now linked into ``name``.
 
         With ``source``, the blob must be readable from that repository; without it, any blob
@@ -71,9 +81,12 @@ class Registry:
             if not await self.blobs.is_linked(source, digest, fresh=True):
                 return False
         # reserve(), not the cached exists(): fresh, and safe against a concurrent GC.
-        if await self.blobs.reserve(digest) is None:
+        size = await self.blobs.reserve(digest)
+        if size is None:
             return False
         await self.blobs.link(name, digest)
+        if self.events is not None:
+            await self.events.blob("mount", name, digest, size, origin or Origin(), source)
         return True
 
     async def catalog(self) -> list[str]:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ..events.model import Origin
 from ..storage import paths
 from ..storage.driver import FileWriter, PathNotFound, StorageDriver, WriterBusy
 from .blobs import BlobStore
@@ -28,6 +29,7 @@ from .errors import (
     RangeInvalid,
     SizeInvalid,
 )
+from .notify import Notifier
 
 # Bytes gathered before one write+hash step: large enough to amortise the thread hop,
 # small enough that memory per upload stays bounded.
@@ -52,9 +54,17 @@ def validate_upload_id(upload_id: str) -> str:
 
 
 class Uploads:
-    def __init__(self, driver: StorageDriver, blobs: BlobStore) -> None:
+    def __init__(
+        self, driver: StorageDriver, blobs: BlobStore, events: Notifier | None = None
+    ) -> None:
         self.driver = driver
         self.blobs = blobs
+        self.events = events
+
+    async def _pushed(self, name: str, digest: Digest, size: int, origin: Origin | None) -> int:
+        if self.events is not None:
+            await self.events.blob("push", name, digest, size, origin or Origin())
+        return size
 
     async def start(self, name: str) -> UploadStatus:
         upload_id = str(uuid.uuid4())
@@ -154,13 +164,14 @@ class Uploads:
         body: AsyncIterable[bytes] | None = None,
         content_range: tuple[int, int] | None = None,
         content_length: int | None = None,
+        origin: Origin | None = None,
     ) -> int:
         """Finish an upload: verify the digest, commit the blob, link it. Returns its size."""
         if body is not None and content_range is None and _small(content_length):
             data = await _read_exactly(body, content_length or 0)
             size = await self._complete_small(name, upload_id, digest, data)
             if size is not None:
-                return size
+                return await self._pushed(name, digest, size, origin)
             body = _once(data)
         if body is not None:
             await self.append(name, upload_id, body, content_range, content_length)
@@ -173,7 +184,8 @@ class Uploads:
             # A small session whose bytes the writer holds (S3: in its state object): stored
             # like a monolithic small blob, without the commit, hash state and move.
             await writer.close()
-            return await self._finish_small(name, upload_id, digest, held)
+            size = await self._finish_small(name, upload_id, digest, held)
+            return await self._pushed(name, digest, size, origin)
         size = writer.size
         saved = await self._saved_hasher(name, upload_id, digest.algorithm, size)
         try:
@@ -216,7 +228,7 @@ class Uploads:
                 raise BlobUploadInvalid("a chunk for this upload arrived while it was completing")
         await self.blobs.link(name, digest)
         await self.driver.delete_tree(paths.upload_dir(name, upload_id))
-        return size
+        return await self._pushed(name, digest, size, origin)
 
     async def cancel(self, name: str, upload_id: str) -> None:
         await self._require(name, upload_id)
@@ -271,15 +283,17 @@ class Uploads:
         digest: Digest,
         body: AsyncIterable[bytes],
         content_length: int | None = None,
+        origin: Origin | None = None,
     ) -> int:
         """POST ?digest=: the whole blob in one request (a small one needs no session at all)."""
         if _small(content_length):
-            return await self._put_small(
-                name, digest, await _read_exactly(body, content_length or 0)
+            data = await _read_exactly(body, content_length or 0)
+            return await self._pushed(
+                name, digest, await self._put_small(name, digest, data), origin
             )
         status = await self.start(name)
         try:
-            return await self.complete(name, status.upload_id, digest, body)
+            return await self.complete(name, status.upload_id, digest, body, origin=origin)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.cancel(name, status.upload_id)

@@ -123,3 +123,37 @@ def blob_tombstone(digest: Digest, run_id: str) -> str:
 
 def lease(name: str) -> str:
     return f"{BERTH_STATE}/leases/{name}"
+
+
+# -- registry events (see docs/events.md): a journal of batches and each endpoint's state --
+
+EVENTS = f"{BERTH_STATE}/events"
+EVENT_JOURNAL = f"{EVENTS}/journal"
+
+
+def event_batch(key: str) -> str:
+    return f"{EVENT_JOURNAL}/{key}"
+
+
+def event_endpoint(endpoint: str) -> str:
+    return f"{EVENTS}/endpoints/{endpoint}"
+
+
+def event_claims(endpoint: str) -> str:
+    return f"{event_endpoint(endpoint)}/claims"
+
+
+def event_claim(endpoint: str, generation: int) -> str:
+    return f"{event_claims(endpoint)}/{generation:012d}"
+
+
+def event_progress(endpoint: str) -> str:
+    return f"{event_endpoint(endpoint)}/delivered"
+
+
+def dead_letters(endpoint: str) -> str:
+    return f"{event_endpoint(endpoint)}/dead"
+
+
+def dead_letter(endpoint: str, event_id: str) -> str:
+    return f"{dead_letters(endpoint)}/{event_id}"
