@@ -44,6 +44,8 @@ This file is generated from `service/berth/config.py` by `python -m berth.config
 
 
 def _default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
     value = field.get_default(call_default_factory=True)
     if isinstance(value, BaseModel):
         return ""
@@ -62,6 +64,14 @@ def _type(field: FieldInfo) -> str:
     return text.replace("|", "\\|")
 
 
+def _list_item_model(annotation: Any) -> type[BaseModel] | None:
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item
+    return None
+
+
 def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows: list[str] = []
     nested: list[tuple[str, type[BaseModel]]] = []
@@ -71,9 +81,14 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             nested.append((path, annotation))
             continue
-        env = "BERTH_" + path.upper().replace(".", "__")
+        item = _list_item_model(annotation)
+        if item is not None:
+            # A list of sections (proxy.upstreams): its items' fields, under ``path[]``.
+            nested.append((f"{path}[]", item))
+        # A list item's fields have no variable of their own: the list's holds JSON.
+        env = "—" if "[]" in path else "`BERTH_" + path.upper().replace(".", "__") + "`"
         description = (field.description or "").replace("|", "\\|")
-        rows.append(f"| `{path}` | {_type(field)} | {_default(field)} | `{env}` | {description} |")
+        rows.append(f"| `{path}` | {_type(field)} | {_default(field)} | {env} | {description} |")
     for path, sub in nested:
         rows += _rows(sub, f"{path}.")
     return rows

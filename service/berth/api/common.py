@@ -29,8 +29,14 @@ def repository(request: Request, *, write: bool = False) -> tuple[Registry, str]
     reg = registry(request)
     name = reg.name(request.path_params["name"])
     if write:
-        reg.check_writable()
+        reg.check_push(name)
     return reg, name
+
+
+def anonymous(request: Request) -> bool:
+    """Whether the caller is not logged in (the auth middleware's decision; none: anonymous)."""
+    identity = request.scope.get("state", {}).get("identity")
+    return identity is None or bool(identity.anonymous)
 
 
 def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:

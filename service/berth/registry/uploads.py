@@ -75,11 +75,11 @@ class Uploads:
 
     async def _stored_size(self, name: str, upload_id: str) -> int:
         """What has reached storage (opening a writer reads it without writing anything)."""
-        writer = await self._open(name, upload_id)
+        writer = await self.open_data(name, upload_id)
         await writer.close()
         return writer.size
 
-    async def _open(self, name: str, upload_id: str) -> FileWriter:
+    async def open_data(self, name: str, upload_id: str) -> FileWriter:
         """The session's data. Exclusive once written to: a concurrent chunk for the same
         session gets WriterBusy from ``write`` or ``close``, never interleaved bytes."""
         return await self.driver.writer(paths.upload_data(name, upload_id), append=True)
@@ -108,7 +108,7 @@ class Uploads:
             and content_range[1] - content_range[0] + 1 != content_length
         ):
             raise SizeInvalid("Content-Length does not match Content-Range")
-        writer = await self._open(name, upload_id)
+        writer = await self.open_data(name, upload_id)
         try:
             start = writer.size
             if content_range is not None and content_range[0] != start:
@@ -158,8 +158,7 @@ class Uploads:
             await self.append(name, upload_id, body, content_range, content_length)
         else:
             await self._require(name, upload_id)
-        data_key = paths.upload_data(name, upload_id)
-        writer = await self._open(name, upload_id)
+        writer = await self.open_data(name, upload_id)
         size = writer.size
         saved = await self._saved_hasher(name, upload_id, digest.algorithm, size)
         try:
@@ -177,6 +176,12 @@ class Uploads:
                 await writer.cancel()
             await self.cancel(name, upload_id)
             raise
+        return await self.adopt(name, upload_id, digest, size)
+
+    async def adopt(self, name: str, upload_id: str, digest: Digest, size: int) -> int:
+        """Make the session's committed, verified ``data`` the blob ``digest`` and link it into
+        ``name``; the session is gone afterwards. Returns the size."""
+        data_key = paths.upload_data(name, upload_id)
         # reserve(), not the cached exists(): the blob may have just been garbage-collected.
         if await self.blobs.reserve(digest, touch_absent=True) is not None:
             await self.driver.delete(data_key)
@@ -217,7 +222,7 @@ class Uploads:
         and store it with one atomic put, skipping the session's data, hash state and the move.
         None when the session already holds chunks (the caller takes the streaming path)."""
         await self._require(name, upload_id)
-        writer = await self._open(name, upload_id)
+        writer = await self.open_data(name, upload_id)
         if writer.size:
             await writer.close()
             return None

@@ -1,0 +1,302 @@
+"""The pull-through cache against a real upstream (Distribution 2.8.2 with htpasswd auth),
+on every storage driver: fills, shared routes, single-flight, verification, outages.
+
+Berth talks to the upstream through a fault proxy (tests/s3_servers.py), which counts the
+upstream's requests and can corrupt, refuse or delay them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import upstreams
+from berth.config import Settings
+from berth.registry.digest import Digest
+from berth.storage import paths
+from berth.storage.driver import PathNotFound, StorageDriver
+from s3_servers import FaultProxy
+
+from .conftest import Backend
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def counting(distribution_upstream: upstreams.Upstream) -> Iterator[FaultProxy]:
+    """A proxy in front of the upstream, recording (and on demand altering) its requests."""
+    p = FaultProxy(distribution_upstream.url)
+    yield p
+    p.stop()
+
+
+def proxy_settings(backend: Backend, upstream_url: str, tmp_path: Path, **extra: Any) -> Settings:
+    password = tmp_path / "upstream-password"
+    password.write_text(upstreams.PASSWORD + "\n")
+    base = backend.settings(redirect=False).model_dump(mode="json")
+    base["proxy"] = {
+        "upstreams": [
+            {
+                "name": "up",
+                "url": upstream_url,
+                "namespace": "upstream.test",
+                "username": upstreams.USER,
+                "password_file": str(password),
+                "read_timeout_seconds": 5,
+                **extra,
+            }
+        ]
+    }
+    return Settings.model_validate(base)
+
+
+@pytest.fixture
+async def mirror(
+    backend: Backend, counting: FaultProxy, tmp_path: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with backend.client(proxy_settings(backend, counting.endpoint, tmp_path)) as c:
+        yield c
+
+
+def _repo() -> str:
+    return f"lib/img-{uuid.uuid4().hex[:8]}"
+
+
+def _upstream_requests(p: FaultProxy, method: str, fragment: str) -> int:
+    return sum(1 for m, target, _ in p.seen if m == method and fragment in target)
+
+
+async def _stored(storage: StorageDriver, digest: str) -> bool:
+    try:
+        await storage.stat(paths.blob_data(Digest.parse(digest)))
+    except PathNotFound:
+        return False
+    return True
+
+
+async def test_pull_through_fills_once_and_serves_both_routes(
+    mirror: httpx.AsyncClient,
+    distribution_upstream: upstreams.Upstream,
+    counting: FaultProxy,
+    storage: StorageDriver,
+) -> None:
+    repo = _repo()
+    layers = [os.urandom(3 * MiB + 17), b"small layer"]
+    with distribution_upstream.client() as up:
+        digest, manifest = upstreams.push_image(up, repo, "v1", layers)
+    body = json.loads(manifest)
+
+    r = await mirror.get(f"/v2/up/{repo}/manifests/v1", headers={"Accept": upstreams.OCI_MANIFEST})
+    assert r.status_code == 200, r.text
+    assert r.headers["Docker-Content-Digest"] == digest
+    assert r.content == manifest
+    for desc in [body["config"], *body["layers"]]:
+        r = await mirror.get(f"/v2/up/{repo}/blobs/{desc['digest']}")
+        assert r.status_code == 200, r.text
+        assert "sha256:" + hashlib.sha256(r.content).hexdigest() == desc["digest"]
+        assert await _stored(storage, desc["digest"])  # committed to this driver's storage
+    # Stored under the prefixed name, like any pushed repository.
+    await storage.stat(paths.revision_link(f"up/{repo}", Digest.parse(digest)))
+
+    fetched = len(counting.seen)
+    # The mirror route (containerd's ?ns=) shares the cache: nothing is fetched again.
+    r = await mirror.get(f"/v2/{repo}/manifests/v1", params={"ns": "upstream.test"})
+    assert r.status_code == 200 and r.headers["Docker-Content-Digest"] == digest
+    for desc in body["layers"]:
+        r = await mirror.get(f"/v2/{repo}/blobs/{desc['digest']}", params={"ns": "upstream.test"})
+        assert r.status_code == 200
+        assert "sha256:" + hashlib.sha256(r.content).hexdigest() == desc["digest"]
+    r = await mirror.get(f"/v2/up/{repo}/manifests/{digest}")
+    assert r.status_code == 200 and r.content == manifest
+    assert len(counting.seen) == fetched, counting.seen[fetched:]
+
+    # Tags come from the upstream; an unknown namespace and a push are refused clearly.
+    r = await mirror.get(f"/v2/up/{repo}/tags/list")
+    assert r.status_code == 200 and r.json()["tags"] == ["v1"]
+    r = await mirror.get(f"/v2/{repo}/manifests/v1", params={"ns": "quay.io"})
+    assert r.status_code == 404 and r.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+    r = await mirror.put(
+        f"/v2/up/{repo}/manifests/v2", content=manifest, headers={"Content-Type": body["mediaType"]}
+    )
+    assert r.status_code == 405 and r.json()["errors"][0]["code"] == "UNSUPPORTED"
+    r = await mirror.post(f"/v2/up/{repo}/blobs/uploads/")
+    assert r.status_code == 405 and "pull-through" in r.json()["errors"][0]["message"]
+    r = await mirror.post("/v2/local/app/blobs/uploads/")  # other repositories work as usual
+    assert r.status_code == 202
+
+
+async def test_concurrent_pulls_of_an_uncached_blob_fetch_it_once(
+    mirror: httpx.AsyncClient,
+    distribution_upstream: upstreams.Upstream,
+    counting: FaultProxy,
+    storage: StorageDriver,
+) -> None:
+    repo = _repo()
+    big = os.urandom(64 * MiB)
+    with distribution_upstream.client() as up:
+        digest = upstreams.push_blob(up, repo, big)
+
+    async def pull() -> str:
+        h = hashlib.sha256()
+        async with mirror.stream("GET", f"/v2/up/{repo}/blobs/{digest}") as r:
+            assert r.status_code == 200, await r.aread()
+            assert r.headers["Content-Length"] == str(len(big))
+            async for chunk in r.aiter_bytes():
+                h.update(chunk)
+        return "sha256:" + h.hexdigest()
+
+    results = await asyncio.gather(*(pull() for _ in range(20)))
+    assert results == [digest] * 20
+    assert _upstream_requests(counting, "GET", f"/blobs/{digest}") == 1
+    assert await _stored(storage, digest)
+
+
+async def test_corrupted_upstream_blob_is_never_stored(
+    mirror: httpx.AsyncClient,
+    distribution_upstream: upstreams.Upstream,
+    counting: FaultProxy,
+    storage: StorageDriver,
+) -> None:
+    repo = _repo()
+    data = os.urandom(2 * MiB + 5)
+    with distribution_upstream.client() as up:
+        digest = upstreams.push_blob(up, repo, data)
+    counting.rule = lambda method, target: (
+        "corrupt" if method == "GET" and f"/blobs/{digest}" in target else None
+    )
+    received = b""
+    with pytest.raises(Exception):  # noqa: B017  (the body ends short: no complete answer)
+        async with mirror.stream("GET", f"/v2/up/{repo}/blobs/{digest}") as r:
+            async for chunk in r.aiter_bytes():
+                received += chunk
+    assert len(received) < len(data)  # the unverified last chunk was held back
+    assert not await _stored(storage, digest)
+    with pytest.raises(PathNotFound):
+        await storage.stat(paths.layer_link(f"up/{repo}", Digest.parse(digest)))
+    # A HEAD now asks the upstream again (nothing was stored), and a good fetch stores it.
+    counting.clear()
+    r = await mirror.get(f"/v2/up/{repo}/blobs/{digest}")
+    assert r.status_code == 200 and r.content == data
+    assert await _stored(storage, digest)
+
+
+async def test_upstream_outages_serve_cached_tags_and_fail_uncached_clearly(
+    backend: Backend,
+    distribution_upstream: upstreams.Upstream,
+    counting: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    repo = _repo()
+    with distribution_upstream.client() as up:
+        digest, _ = upstreams.push_image(up, repo, "v1", [b"layer one"])
+        upstreams.push_image(up, repo, "never-pulled", [b"layer two"], seed="2")
+    settings = proxy_settings(backend, counting.endpoint, tmp_path, tag_ttl_seconds=0)
+    async with backend.client(settings) as mirror:
+        r = await mirror.get(f"/v2/up/{repo}/manifests/v1")
+        assert r.status_code == 200
+        for action, status in (("reset", 503), (("status", 429, b""), 503), (("delay", 8), 504)):
+            counting.rule = lambda method, target, action=action: action
+            # Stale (TTL 0) but cached: served; never cached: the documented error.
+            r = await mirror.get(f"/v2/up/{repo}/manifests/v1")
+            assert r.status_code == 200, (action, r.text)
+            assert r.headers["Docker-Content-Digest"] == digest
+            r = await mirror.get(f"/v2/up/{repo}/manifests/never-pulled")
+            assert r.status_code == status, (action, r.text)
+            assert r.json()["errors"][0]["code"] == "UNAVAILABLE"
+            assert "up" in r.json()["errors"][0]["message"]
+            if status == 503:
+                assert "Retry-After" in r.headers
+        counting.clear()
+        metrics = (await mirror.get("/metrics")).text
+        assert 'berth_proxy_stale_served_total{kind="manifest",upstream="up"}' in metrics
+
+
+async def test_tag_revalidation_asks_head_and_gets_only_changes(
+    backend: Backend,
+    distribution_upstream: upstreams.Upstream,
+    counting: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    repo = _repo()
+    with distribution_upstream.client() as up:
+        first, _ = upstreams.push_image(up, repo, "v1", [b"a"])
+    settings = proxy_settings(backend, counting.endpoint, tmp_path, tag_ttl_seconds=0)
+    async with backend.client(settings) as mirror:
+        r = await mirror.get(f"/v2/up/{repo}/manifests/v1")
+        assert r.headers["Docker-Content-Digest"] == first
+        counting.seen.clear()
+        r = await mirror.get(f"/v2/up/{repo}/manifests/v1")  # unchanged: HEAD only
+        assert r.headers["Docker-Content-Digest"] == first
+        assert _upstream_requests(counting, "HEAD", "/manifests/v1") == 1
+        assert _upstream_requests(counting, "GET", "/manifests/v1") == 0
+        with distribution_upstream.client() as up:
+            second, _ = upstreams.push_image(up, repo, "v1", [b"b"], seed="moved")
+        r = await mirror.get(f"/v2/up/{repo}/manifests/v1")  # moved: fetched and stored
+        assert r.headers["Docker-Content-Digest"] == second
+        assert _upstream_requests(counting, "GET", "/manifests/v1") == 1
+    # With a long TTL the stored tag is served without asking.
+    settings = proxy_settings(backend, counting.endpoint, tmp_path, tag_ttl_seconds=3600)
+    async with backend.client(settings) as mirror:
+        counting.seen.clear()
+        r = await mirror.get(f"/v2/up/{repo}/manifests/v1")
+        assert r.headers["Docker-Content-Digest"] == second
+        assert counting.seen == []
+
+
+async def test_blob_head_asks_upstream_and_falls_back_to_get(
+    mirror: httpx.AsyncClient,
+    distribution_upstream: upstreams.Upstream,
+    counting: FaultProxy,
+    storage: StorageDriver,
+) -> None:
+    repo = _repo()
+    data = os.urandom(100_000)
+    with distribution_upstream.client() as up:
+        digest = upstreams.push_blob(up, repo, data)
+    r = await mirror.head(f"/v2/up/{repo}/blobs/{digest}")
+    assert r.status_code == 200 and r.headers["Content-Length"] == str(len(data))
+    assert not await _stored(storage, digest)  # a HEAD the upstream answers fetches nothing
+    # A chained cache answers 404 to HEAD until someone GETs (Distribution issue 4747).
+    counting.rule = lambda method, target: ("status", 404, b"") if method == "HEAD" else None
+    r = await mirror.head(f"/v2/up/{repo}/blobs/{digest}")
+    assert r.status_code == 200 and r.headers["Content-Length"] == str(len(data))
+    assert _upstream_requests(counting, "GET", f"/blobs/{digest}") == 1
+    for _ in range(100):  # the fill the HEAD started finishes in the background
+        if await _stored(storage, digest):
+            break
+        await asyncio.sleep(0.05)
+    assert await _stored(storage, digest)
+    missing = "sha256:" + "0" * 64
+    r = await mirror.head(f"/v2/up/{repo}/blobs/{missing}")
+    assert r.status_code == 404
+
+
+async def test_allow_list_and_anonymous_fill(
+    backend: Backend,
+    distribution_upstream: upstreams.Upstream,
+    counting: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    repo = _repo()
+    with distribution_upstream.client() as up:
+        upstreams.push_image(up, repo, "v1", [b"x"])
+    settings = proxy_settings(
+        backend, counting.endpoint, tmp_path, repositories=["other/*"], anonymous_fill=False
+    )
+    async with backend.client(settings) as mirror:
+        r = await mirror.get(f"/v2/up/{repo}/manifests/v1")
+        assert r.status_code == 404 and r.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+    settings = proxy_settings(backend, counting.endpoint, tmp_path, anonymous_fill=False)
+    async with backend.client(settings) as mirror:
+        r = await mirror.get(f"/v2/up/{repo}/manifests/v1")
+        assert r.status_code == 403 and r.json()["errors"][0]["code"] == "DENIED"
+    assert counting.seen == []
