@@ -1,0 +1,170 @@
+"""The pull-through cache with real servers and clients: a ``berth serve`` mirroring two real
+upstreams, Distribution 2.8.2 with htpasswd (Basic) and Berth itself in token mode (Bearer),
+both filled with skopeo; skopeo pulls through the mirror and the digests are the upstream's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+import upstreams
+from berth.auth.htpasswd import set_user
+
+from .conftest import BerthFactory, Server, Skopeo, require_tool
+from .ocilayout import MT_MANIFEST, OCILayout
+
+pytestmark = pytest.mark.e2e
+
+TOKEN_USER, TOKEN_PASSWORD = "filler", "token-upstream-pw"
+
+
+@dataclass
+class Mirror:
+    server: Server
+    dist: upstreams.Upstream
+    token: Server
+
+
+@pytest.fixture(scope="module")
+def token_upstream(
+    berth_factory: BerthFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """Berth in token mode (its built-in token endpoint): a Bearer upstream."""
+    base = tmp_path_factory.mktemp("token-upstream")
+    htpasswd, key = base / "htpasswd", base / "token.pem"
+    set_user(htpasswd, TOKEN_USER, TOKEN_PASSWORD, cost=4)
+    subprocess.run([require_tool("berth"), "keygen", "--out", str(key)], check=True, timeout=60)
+    server = berth_factory.start(
+        args=["--auth", "token", "--htpasswd-file", str(htpasswd), "--token-key", str(key)]
+    )
+    yield server
+    server.stop()
+
+
+def _upstream(name: str, url: str, user: str, password: str, base: Path, **extra: object) -> dict:
+    secret = base / f"{name}-password"
+    secret.write_text(password + "\n")
+    return {
+        "name": name,
+        "url": url,
+        "namespace": f"{name}.example",
+        "username": user,
+        "password_file": str(secret),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def mirror(
+    berth_factory: BerthFactory,
+    distribution_upstream: upstreams.Upstream,
+    token_upstream: Server,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Mirror]:
+    base = tmp_path_factory.mktemp("mirror")
+    config = {
+        "proxy": {
+            "upstreams": [
+                _upstream(
+                    "dist", distribution_upstream.url, upstreams.USER, upstreams.PASSWORD, base
+                ),
+                _upstream("tok", token_upstream.url, TOKEN_USER, TOKEN_PASSWORD, base),
+            ]
+        }
+    }
+    server = berth_factory.start(config=config)
+    yield Mirror(server, distribution_upstream, token_upstream)
+    server.stop()
+
+
+def _fill(skopeo: Skopeo, tmp_path: Path, ref: str, creds: str) -> str:
+    """Push a fresh two-layer image with skopeo; returns its manifest digest."""
+    src = OCILayout(tmp_path / f"src-{uuid.uuid4().hex[:6]}")
+    image = src.add_image(layers=2)
+    src.tag(image.descriptor, "v1")
+    skopeo.copy(f"oci:{src.path}:v1", ref, "--dest-creds", creds, "--preserve-digests")
+    return image.digest
+
+
+@pytest.mark.parametrize("upstream", ["dist", "tok"])
+def test_skopeo_pulls_through_the_mirror(
+    tmp_path: Path, mirror: Mirror, skopeo: Skopeo, upstream: str
+) -> None:
+    repo = f"team/app-{uuid.uuid4().hex[:8]}"
+    if upstream == "dist":
+        origin, creds = mirror.dist.url, f"{upstreams.USER}:{upstreams.PASSWORD}"
+    else:
+        origin, creds = mirror.token.url, f"{TOKEN_USER}:{TOKEN_PASSWORD}"
+    host = origin.removeprefix("http://")
+    digest = _fill(skopeo, tmp_path, f"docker://{host}/{repo}:v1", creds)
+
+    out = tmp_path / "pulled"
+    skopeo.copy(f"docker://{mirror.server.host}/{upstream}/{repo}:v1", f"oci:{out}:v1")
+    assert OCILayout(out).resolve("v1")["digest"] == digest
+    assert digest in OCILayout(out).verify()  # every blob's bytes match its digest
+    raw = skopeo.inspect_raw(f"docker://{mirror.server.host}/{upstream}/{repo}:v1")
+    upstream_raw = skopeo.inspect_raw(f"docker://{host}/{repo}:v1", "--creds", creds)
+    assert raw == upstream_raw
+
+    # containerd's mirror route (?ns=) reaches the same cache under the same name.
+    with mirror.server.client() as c:
+        r = c.get(
+            f"/v2/{repo}/manifests/v1",
+            params={"ns": f"{upstream}.example"},
+            headers={"Accept": MT_MANIFEST},
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["Docker-Content-Digest"] == digest
+        for layer in json.loads(r.content)["layers"]:
+            r = c.get(f"/v2/{repo}/blobs/{layer['digest']}", params={"ns": f"{upstream}.example"})
+            assert r.status_code == 200
+        r = c.get(f"/v2/{upstream}/{repo}/tags/list")
+        assert r.json() == {"name": f"{upstream}/{repo}", "tags": ["v1"]}
+        # Pushing into the proxied namespace is refused with a clear error.
+        r = c.post(f"/v2/{upstream}/{repo}/blobs/uploads/")
+        assert r.status_code == 405, r.text
+        assert r.json()["errors"][0]["code"] == "UNSUPPORTED"
+
+
+def test_stopped_upstream_serves_cached_tags_only(
+    tmp_path: Path, berth_factory: BerthFactory, skopeo: Skopeo
+) -> None:
+    origin = upstreams.start_distribution()
+    try:
+        creds = f"{upstreams.USER}:{upstreams.PASSWORD}"
+        host = origin.url.removeprefix("http://")
+        cached = _fill(skopeo, tmp_path, f"docker://{host}/app/cached:v1", creds)
+        _fill(skopeo, tmp_path, f"docker://{host}/app/uncached:v1", creds)
+        # TTL 0: every pull revalidates, so the cached pull below really meets the outage.
+        upstream = _upstream(
+            "dist", origin.url, upstreams.USER, upstreams.PASSWORD, tmp_path, tag_ttl_seconds=0
+        )
+        server = berth_factory.start(config={"proxy": {"upstreams": [upstream]}})
+        try:
+            skopeo.copy(f"docker://{server.host}/dist/app/cached:v1", f"oci:{tmp_path / 'a'}:v1")
+        finally:
+            origin.stop()
+        out = tmp_path / "b"
+        skopeo.copy(f"docker://{server.host}/dist/app/cached:v1", f"oci:{out}:v1")
+        assert OCILayout(out).resolve("v1")["digest"] == cached
+        failed = skopeo.copy_fails(
+            f"docker://{server.host}/dist/app/uncached:v1", f"oci:{tmp_path / 'c'}:v1"
+        )
+        assert "503" in failed or "unavailable" in failed.lower(), failed
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            r = c.get("/v2/dist/app/uncached/manifests/v1")
+            assert r.status_code == 503
+            assert r.json()["errors"][0]["code"] == "UNAVAILABLE"
+            assert "upstream dist is unavailable" in r.json()["errors"][0]["message"]
+            metrics = c.get("/metrics").text
+            assert 'berth_proxy_stale_served_total{kind="manifest",upstream="dist"}' in metrics
+        server.stop()
+    finally:
+        origin.stop()
