@@ -17,7 +17,7 @@ import pytest
 import upstreams
 from berth.auth.htpasswd import set_user
 
-from .conftest import BerthFactory, Server, Skopeo, require_tool
+from .conftest import BerthFactory, Containerd, Server, Skopeo, require_tool
 from .ocilayout import MT_MANIFEST, OCILayout
 
 pytestmark = pytest.mark.e2e
@@ -72,9 +72,13 @@ def mirror(
     config = {
         "proxy": {
             "upstreams": [
-                _upstream(
-                    "dist", distribution_upstream.url, upstreams.USER, upstreams.PASSWORD, base
-                ),
+                # No namespace: the url's host, as containerd's ?ns= names the origin.
+                {
+                    **_upstream(
+                        "dist", distribution_upstream.url, upstreams.USER, upstreams.PASSWORD, base
+                    ),
+                    "namespace": None,
+                },
                 _upstream("tok", token_upstream.url, TOKEN_USER, TOKEN_PASSWORD, base),
             ]
         }
@@ -103,6 +107,7 @@ def test_skopeo_pulls_through_the_mirror(
     else:
         origin, creds = mirror.token.url, f"{TOKEN_USER}:{TOKEN_PASSWORD}"
     host = origin.removeprefix("http://")
+    namespace = host if upstream == "dist" else "tok.example"
     digest = _fill(skopeo, tmp_path, f"docker://{host}/{repo}:v1", creds)
 
     out = tmp_path / "pulled"
@@ -117,13 +122,13 @@ def test_skopeo_pulls_through_the_mirror(
     with mirror.server.client() as c:
         r = c.get(
             f"/v2/{repo}/manifests/v1",
-            params={"ns": f"{upstream}.example"},
+            params={"ns": namespace},
             headers={"Accept": MT_MANIFEST},
         )
         assert r.status_code == 200, r.text
         assert r.headers["Docker-Content-Digest"] == digest
         for layer in json.loads(r.content)["layers"]:
-            r = c.get(f"/v2/{repo}/blobs/{layer['digest']}", params={"ns": f"{upstream}.example"})
+            r = c.get(f"/v2/{repo}/blobs/{layer['digest']}", params={"ns": namespace})
             assert r.status_code == 200
         r = c.get(f"/v2/{upstream}/{repo}/tags/list")
         assert r.json() == {"name": f"{upstream}/{repo}", "tags": ["v1"]}
@@ -168,3 +173,41 @@ def test_stopped_upstream_serves_cached_tags_only(
         server.stop()
     finally:
         origin.stop()
+
+
+def test_containerd_pulls_through_a_hosts_toml_mirror(
+    tmp_path: Path, mirror: Mirror, skopeo: Skopeo, containerd: Containerd
+) -> None:
+    """containerd asks the mirror first, with ``?ns=<origin host>``: the ``dist`` upstream's
+    namespace (its url's host), so the pull is served and cached under ``dist/<repo>``."""
+    repo = f"team/ctr-{uuid.uuid4().hex[:8]}"
+    origin = mirror.dist.url.removeprefix("http://")
+    digest = _fill(skopeo, tmp_path, f"docker://{origin}/{repo}:v1", upstreams_creds())
+    hosts = tmp_path / "hosts.d"
+    (hosts / origin).mkdir(parents=True)
+    (hosts / origin / "hosts.toml").write_text(
+        f'server = "{mirror.dist.url}"\n\n'
+        f'[host."{mirror.server.url}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+    ref = f"{origin}/{repo}:v1"
+    # No credentials for the origin: only the mirror can answer this pull.
+    containerd.ctr("images", "pull", "--hosts-dir", str(hosts), "--platform", "linux/amd64", ref)
+    try:
+        listed = containerd.ctr("images", "ls").stdout
+        assert ref in listed and digest in listed, listed
+        containerd.ctr("images", "check", f"name=={ref}")
+        revision = (
+            mirror.server.root
+            / "docker/registry/v2/repositories/dist"
+            / repo
+            / "_manifests/revisions/sha256"
+            / digest.split(":")[1]
+            / "link"
+        )
+        assert revision.read_text() == digest
+    finally:
+        containerd.ctr("images", "rm", "--sync", ref, check=False)
+
+
+def upstreams_creds() -> str:
+    return f"{upstreams.USER}:{upstreams.PASSWORD}"

@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 import upstreams
-from berth.config import Settings
+from berth.auth.htpasswd import set_user
+from berth.config import AuthSettings, PolicyRuleSettings, Settings
 from berth.registry.digest import Digest
 from berth.storage import paths
 from berth.storage.driver import PathNotFound, StorageDriver
@@ -300,3 +301,41 @@ async def test_allow_list_and_anonymous_fill(
         r = await mirror.get(f"/v2/up/{repo}/manifests/v1")
         assert r.status_code == 403 and r.json()["errors"][0]["code"] == "DENIED"
     assert counting.seen == []
+
+
+async def test_access_policies_apply_to_the_prefixed_name(
+    backend: Backend,
+    distribution_upstream: upstreams.Upstream,
+    counting: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    repo = _repo()
+    with distribution_upstream.client() as up:
+        digest, _ = upstreams.push_image(up, repo, "v1", [b"policy"])
+    htpasswd = tmp_path / "htpasswd"
+    set_user(htpasswd, "mirrored", "pw-1", cost=4)
+    set_user(htpasswd, "unprefixed", "pw-2", cost=4)
+    settings = proxy_settings(backend, counting.endpoint, tmp_path).model_copy(
+        update={
+            "auth": AuthSettings(
+                mode="htpasswd",
+                htpasswd_file=htpasswd,
+                rules=[
+                    PolicyRuleSettings(repositories=["up/**"], users=["mirrored"]),
+                    PolicyRuleSettings(repositories=["lib/**"], users=["unprefixed"]),
+                ],
+            )
+        }
+    )
+    async with backend.client(settings) as mirror:
+        ns = {"ns": "upstream.test"}
+        r = await mirror.get(f"/v2/{repo}/manifests/v1", params=ns)
+        assert r.status_code == 401
+        r = await mirror.get(f"/v2/{repo}/manifests/v1", params=ns, auth=("unprefixed", "pw-2"))
+        assert r.status_code == 403  # the request is for up/<repo>, not <repo>
+        assert counting.seen == []  # refused before anything reached the upstream
+        r = await mirror.get(f"/v2/{repo}/manifests/v1", params=ns, auth=("mirrored", "pw-1"))
+        assert r.status_code == 200 and r.headers["Docker-Content-Digest"] == digest
+        # Distribution 2.8.2 has no referrers API: what is stored answers (nothing here).
+        r = await mirror.get(f"/v2/up/{repo}/referrers/{digest}", auth=("mirrored", "pw-1"))
+        assert r.status_code == 200 and r.json()["manifests"] == []
