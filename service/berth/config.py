@@ -417,6 +417,13 @@ class ProxySettings(_Section):
         description="Pull-through cache upstreams (docs/proxy.md). Each caches under its "
         "name as a repository prefix; pushes there are refused.",
     )
+    fill_claim_wait_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="A replica missing a blob that another replica is fetching (a claim in "
+        "storage) waits this long for it to be stored before fetching it itself; a claim "
+        "older than this is considered abandoned. 0: never wait.",
+    )
 
     @model_validator(mode="after")
     def _check_unique(self) -> ProxySettings:

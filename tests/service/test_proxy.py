@@ -339,3 +339,31 @@ async def test_access_policies_apply_to_the_prefixed_name(
         # Distribution 2.8.2 has no referrers API: what is stored answers (nothing here).
         r = await mirror.get(f"/v2/up/{repo}/referrers/{digest}", auth=("mirrored", "pw-1"))
         assert r.status_code == 200 and r.json()["manifests"] == []
+
+
+async def test_replicas_wait_on_a_claim_instead_of_fetching_again(
+    backend: Backend,
+    distribution_upstream: upstreams.Upstream,
+    counting: FaultProxy,
+    tmp_path: Path,
+    storage: StorageDriver,
+) -> None:
+    repo = _repo()
+    data = os.urandom(8 * MiB + 3)
+    with distribution_upstream.client() as up:
+        digest = upstreams.push_blob(up, repo, data)
+    # The upstream is slow to start answering, so the second replica surely meets the claim.
+    counting.rule = lambda method, target: ("delay", 0.5) if method == "GET" else None
+    settings = proxy_settings(backend, counting.endpoint, tmp_path)
+    async with backend.client(settings) as one, backend.client(settings) as two:
+
+        async def pull(replica: httpx.AsyncClient) -> bytes:
+            r = await replica.get(f"/v2/up/{repo}/blobs/{digest}")
+            assert r.status_code == 200, r.text
+            return r.content
+
+        bodies = await asyncio.gather(*(pull(c) for c in (one, two) for _ in range(5)))
+    assert all(body == data for body in bodies)
+    assert _upstream_requests(counting, "GET", f"/blobs/{digest}") == 1
+    with pytest.raises(PathNotFound):  # released once the blob was stored
+        await storage.stat(paths.fill_claim(Digest.parse(digest)))

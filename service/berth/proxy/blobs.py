@@ -26,10 +26,10 @@ class BlobAnswer:
 
 
 class BlobMirror:
-    def __init__(self, blobs: BlobStore, uploads: Uploads) -> None:
+    def __init__(self, blobs: BlobStore, uploads: Uploads, claim_wait: float = 0.0) -> None:
         self.blobs = blobs
         self.uploads = uploads
-        self.fills = Fills()
+        self.fills = Fills(claim_wait)
 
     async def get(
         self,

@@ -36,7 +36,7 @@ class PullThroughCache:
         self.routing = Routing(settings.upstreams)
         self.clients = {u.name: UpstreamClient(u, max_manifest_bytes) for u in settings.upstreams}
         self._manifests = ManifestMirror(manifests)
-        self._blobs = BlobMirror(blobs, uploads)
+        self._blobs = BlobMirror(blobs, uploads, settings.fill_claim_wait_seconds)
         self._listings = ListingMirror(tags, referrers)
 
     def route(self, name: str) -> Route | None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -19,7 +20,8 @@ import aiohttp
 from ..registry.digest import Digest
 from ..registry.errors import BlobUnknown, UpstreamInvalid
 from ..registry.uploads import Uploads
-from ..storage.driver import FileWriter
+from ..storage import paths
+from ..storage.driver import AlreadyExists, FileWriter, PathNotFound
 from .client import UpstreamClient
 from .metrics import UPSTREAM_BYTES
 
@@ -27,6 +29,7 @@ log = logging.getLogger("berth.proxy")
 
 CHUNK = 1024 * 1024  # bytes per write+hash step (bounded memory per fill)
 LIVE_DEPTH = 8  # chunks queued for the live client before the fill waits for it
+CLAIM_POLL_SECONDS = 0.25  # how often a replica waiting on another's fill looks for the blob
 
 
 class Fill:
@@ -42,9 +45,13 @@ class Fill:
         digest: Digest,
         *,
         live: bool,
+        claim_wait: float = 0.0,
     ) -> None:
         self.client = client
         self.uploads = uploads
+        self.claim_wait = claim_wait
+        self._claim = paths.fill_claim(digest)
+        self._holding = False
         self.name = name
         self.remote = remote
         self.digest = digest
@@ -59,6 +66,10 @@ class Fill:
 
     async def _run(self) -> int:
         try:
+            stored = await self._wait_for_other_replica() if self.claim_wait > 0 else None
+            if stored is not None:
+                self.headers.set_result(None)  # no live body: served from storage
+                return stored
             async with self.client.blob(self.remote, self.digest) as response:
                 if response is None:
                     raise BlobUnknown(f"blob unknown upstream {self.client.name}: {self.digest}")
@@ -85,6 +96,41 @@ class Fill:
             raise
         finally:
             await self._publish(None)
+            if self._holding:
+                with contextlib.suppress(Exception):
+                    await self.uploads.driver.delete(self._claim)
+
+    async def _wait_for_other_replica(self) -> int | None:
+        """Take the blob's claim in storage, or wait (bounded) while another replica holds it.
+
+        Returns the size once the other replica stored the blob; None when this fill is to
+        fetch it (holding the claim, or after the claim was abandoned or waited out).
+        """
+        driver, blobs = self.uploads.driver, self.uploads.blobs
+        deadline = time.monotonic() + self.claim_wait
+        while True:
+            try:
+                await driver.create(self._claim, self.digest.hex.encode())
+                self._holding = True
+            except AlreadyExists:
+                pass
+            # Also after taking the claim: a fill stores the blob before it releases its claim.
+            size = await blobs.fresh_size(self.digest)
+            if size is not None or self._holding:
+                return size
+            try:
+                age = time.time() - (await driver.stat(self._claim)).modified
+            except PathNotFound:
+                continue  # released (that fill failed): claim it ourselves
+            if age > self.claim_wait:  # its replica died mid-fill
+                await driver.delete(self._claim)
+                continue
+            if time.monotonic() > deadline:
+                log.warning(
+                    "upstream %s: %s: waited out another replica", self.client.name, self.what
+                )
+                return None
+            await asyncio.sleep(CLAIM_POLL_SECONDS)
 
     async def _copy(
         self, response: aiohttp.ClientResponse, writer: FileWriter, expected: int | None
@@ -165,8 +211,9 @@ class Fill:
 class Fills:
     """The fills running in this process, by digest."""
 
-    def __init__(self) -> None:
+    def __init__(self, claim_wait: float = 0.0) -> None:
         self._running: dict[Digest, Fill] = {}
+        self.claim_wait = claim_wait
 
     def running(self, digest: Digest) -> Fill | None:
         return self._running.get(digest)
@@ -184,7 +231,7 @@ class Fills:
         fill = self._running.get(digest)
         if fill is not None:
             return fill
-        fill = Fill(client, uploads, name, remote, digest, live=live)
+        fill = Fill(client, uploads, name, remote, digest, live=live, claim_wait=self.claim_wait)
         self._running[digest] = fill
 
         def done(task: asyncio.Task[int]) -> None:

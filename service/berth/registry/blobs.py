@@ -89,7 +89,7 @@ class BlobStore:
         """
         known: int | None = None
         if not touch_absent:
-            known = await self._fresh_size(digest)
+            known = await self.fresh_size(digest)
             if known is None:
                 self.forget(digest)
                 return None
@@ -102,7 +102,7 @@ class BlobStore:
                 size = known if paths.BLOB_DATA in names else None
             else:
                 names, size = await asyncio.gather(
-                    self._list_blob_dir(digest), self._fresh_size(digest)
+                    self._list_blob_dir(digest), self.fresh_size(digest)
                 )
             tombstones = [n for n in names if n.startswith(paths.TOMBSTONE_PREFIX)]
             if not tombstones or await self._tombstones_stale(digest, tombstones):
@@ -120,7 +120,7 @@ class BlobStore:
         except PathNotFound:
             return []
 
-    async def _fresh_size(self, digest: Digest) -> int | None:
+    async def fresh_size(self, digest: Digest) -> int | None:
         try:
             return (await self.driver.stat(paths.blob_data(digest))).size
         except PathNotFound:

@@ -123,3 +123,8 @@ def blob_tombstone(digest: Digest, run_id: str) -> str:
 
 def lease(name: str) -> str:
     return f"{BERTH_STATE}/leases/{name}"
+
+
+def fill_claim(digest: Digest) -> str:
+    """Held (created exclusively) by the replica fetching a blob from a pull-through upstream."""
+    return f"{BERTH_STATE}/fills/{digest.algorithm}/{digest.hex}"
