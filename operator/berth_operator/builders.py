@@ -25,6 +25,7 @@ CONFIG_PATH = f"{CONFIG_DIR}/config.yaml"
 CONFIG_KEY = "config.yaml"
 DATA_DIR = "/var/lib/berth"
 AUTH_DIR = f"{CONFIG_DIR}/auth"
+PROXY_DIR = f"{CONFIG_DIR}/proxy"
 RUN_AS = 10001
 METRICS_PORT = 9090  # observability.metrics_port of every registry pod
 SHUTDOWN_MARGIN = 5  # seconds between the server's shutdown timeout and SIGKILL
@@ -124,6 +125,9 @@ def validate_registry_spec(spec: Obj) -> None:
             problems.append(
                 "auth.token needs jwksURL, trustedKeysSecret or signingKeySecret to verify tokens"
             )
+    names = [u["name"] for u in (spec.get("proxy") or {}).get("upstreams") or []]
+    if len(set(names)) != len(names):
+        problems.append("proxy.upstreams names must be unique")
     scaling = spec["autoscaling"]
     if scaling["enabled"] and scaling["minReplicas"] > scaling["maxReplicas"]:
         problems.append("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
@@ -178,21 +182,23 @@ class AuthParts:
     mounts: list[Obj] = field(default_factory=list)
 
 
-def _secret_file(volume: str, secret: str, key: str, filename: str, mode: int) -> AuthParts:
-    directory = f"{AUTH_DIR}/{volume}"
+def _mounted_file(volume: str, directory: str, source: Obj) -> AuthParts:
+    """One file of a Secret or ConfigMap (``source``: the volume's source), in ``directory``."""
     return AuthParts(
-        volumes=[
-            {
-                "name": f"auth-{volume}",
-                "secret": {
-                    "secretName": secret,
-                    "items": [{"key": key, "path": filename}],
-                    "defaultMode": mode,
-                },
-            }
-        ],
-        mounts=[{"name": f"auth-{volume}", "mountPath": directory, "readOnly": True}],
+        volumes=[{"name": volume, **source}],
+        mounts=[{"name": volume, "mountPath": directory, "readOnly": True}],
     )
+
+
+def _secret_file(volume: str, secret: str, key: str, filename: str, mode: int) -> AuthParts:
+    source = {
+        "secret": {
+            "secretName": secret,
+            "items": [{"key": key, "path": filename}],
+            "defaultMode": mode,
+        }
+    }
+    return _mounted_file(f"auth-{volume}", f"{AUTH_DIR}/{volume}", source)
 
 
 def auth_parts(spec: Obj) -> AuthParts:
@@ -244,6 +250,63 @@ def auth_parts(spec: Obj) -> AuthParts:
     return parts
 
 
+def proxy_parts(spec: Obj) -> AuthParts:
+    """Map ``spec.proxy`` to the registry's ``proxy:`` config section (``ProxySettings``), with
+    each upstream's password Secret and CA ConfigMap mounted as files."""
+    proxy = spec.get("proxy") or {}
+    upstreams = proxy.get("upstreams") or []
+    if not upstreams:
+        return AuthParts()
+    parts = AuthParts()
+    section: list[Obj] = []
+    for i, upstream in enumerate(upstreams):
+        item: Obj = {"name": upstream["name"], "url": upstream["url"]}
+        for src, dst in (
+            ("namespace", "namespace"),
+            ("username", "username"),
+            ("tagTTLSeconds", "tag_ttl_seconds"),
+            ("repositories", "repositories"),
+            ("insecure", "insecure"),
+            ("egressProxy", "egress_proxy"),
+            ("anonymousFill", "anonymous_fill"),
+        ):
+            if upstream.get(src) is not None:
+                item[dst] = copy.deepcopy(upstream[src])
+        # Volumes by position: upstream names may be as long as a volume name may be.
+        password = upstream.get("passwordSecret")
+        if password:
+            directory = f"{PROXY_DIR}/{i}-password"
+            source = {
+                "secret": {
+                    "secretName": password["name"],
+                    "items": [{"key": password.get("key", "password"), "path": "password"}],
+                    "defaultMode": 0o440,  # readable by the pod's group (fsGroup) only
+                }
+            }
+            more = _mounted_file(f"proxy-{i}-password", directory, source)
+            parts.volumes += more.volumes
+            parts.mounts += more.mounts
+            item["password_file"] = f"{directory}/password"
+        ca = upstream.get("caConfigMap")
+        if ca:
+            directory = f"{PROXY_DIR}/{i}-ca"
+            source = {
+                "configMap": {
+                    "name": ca["name"],
+                    "items": [{"key": ca.get("key", "ca.crt"), "path": "ca.crt"}],
+                }
+            }
+            more = _mounted_file(f"proxy-{i}-ca", directory, source)
+            parts.volumes += more.volumes
+            parts.mounts += more.mounts
+            item["ca_file"] = f"{directory}/ca.crt"
+        section.append(item)
+    parts.config = {"upstreams": section}
+    if proxy.get("fillClaimWaitSeconds") is not None:
+        parts.config["fill_claim_wait_seconds"] = proxy["fillClaimWaitSeconds"]
+    return parts
+
+
 def deep_merge(base: Obj, override: Obj) -> Obj:
     result = copy.deepcopy(base)
     for key, value in override.items():
@@ -290,6 +353,9 @@ def registry_config(spec: Obj) -> Obj:
     auth = auth_parts(spec).config
     if auth is not None:
         config["auth"] = auth
+    proxy = proxy_parts(spec).config
+    if proxy is not None:
+        config["proxy"] = proxy
     merged = deep_merge(config, spec.get("config") or {})
     # Dedicated fields win over spec.config (config_conflicts names what was overridden), and
     # what the pod's ports and lifecycle depend on is the operator's.
@@ -423,9 +489,9 @@ def pod_parts(name: str, spec: Obj) -> PodParts:
                         },
                     }
                 )
-    auth = auth_parts(spec)
-    volumes += auth.volumes
-    mounts += auth.mounts
+    for files in (auth_parts(spec), proxy_parts(spec)):
+        volumes += files.volumes
+        mounts += files.mounts
     volumes += copy.deepcopy(spec.get("extraVolumes") or [])
     mounts += copy.deepcopy(spec.get("extraVolumeMounts") or [])
     env += copy.deepcopy(spec.get("env") or [])
@@ -1151,6 +1217,7 @@ __all__ = [
     "build_registry_objects",
     "build_service",
     "build_service_monitor",
+    "proxy_parts",
     "registry_config",
     "validate_registry_spec",
 ]

@@ -18,6 +18,7 @@ from berth_operator.builders import (
     build_gc_workload,
     build_registry_objects,
     gc_command,
+    proxy_parts,
     registry_config,
     validate_registry_spec,
 )
@@ -79,6 +80,31 @@ SPECS: dict[str, dict[str, Any]] = {
                 "trustedKeysSecret": {"name": "issuer-keys"},
                 "signingKeySecret": {"name": "signing", "key": "tls.key"},
             },
+        },
+    },
+    "pull-through": {
+        "storage": {"driver": "s3", "s3": {"bucket": "b"}},
+        "proxy": {
+            "fillClaimWaitSeconds": 30,
+            "upstreams": [
+                {
+                    "name": "hub",
+                    "url": "https://registry-1.docker.io",
+                    "username": "reader",
+                    "passwordSecret": {"name": "hub-credentials"},
+                    "tagTTLSeconds": 600,
+                    "repositories": ["library/*"],
+                },
+                {
+                    "name": "internal",
+                    "url": "https://registry.internal.example",
+                    "namespace": "internal",
+                    "passwordSecret": {"name": "internal", "key": "token"},
+                    "caConfigMap": {"name": "internal-ca"},
+                    "egressProxy": "http://proxy.example:3128",
+                    "anonymousFill": False,
+                },
+            ],
         },
     },
 }
@@ -187,6 +213,14 @@ def settings_from(config: dict[str, Any], tmp_path: Path) -> Any:
         knows_auth = False
     if not knows_auth:
         config = {k: v for k, v in config.items() if k != "auth"}
+    # Files the pod would have mounted from Secrets and ConfigMaps (read at start): here.
+    for upstream in (config.get("proxy") or {}).get("upstreams") or []:
+        for key in ("password_file", "ca_file"):
+            if key in upstream:
+                local = tmp_path / upstream[key].lstrip("/")
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_text("pw\n")
+                upstream[key] = str(local)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return load_settings(path)
@@ -203,6 +237,61 @@ def test_generated_config_loads_in_berth(name: str, tmp_path: Path) -> None:
         assert settings.storage.s3.public_endpoint_url == "https://minio.example.com"
         assert settings.http.base_url == "https://registry.example.com"
         assert settings.cache.manifest_bytes == 1024
+
+
+def test_proxy_section_and_mounted_files(tmp_path: Path) -> None:
+    spec = defaulted_spec("Registry", SPECS["pull-through"])
+    parts = proxy_parts(spec)
+    assert parts.config == {
+        "upstreams": [
+            {
+                "name": "hub",
+                "url": "https://registry-1.docker.io",
+                "username": "reader",
+                "tag_ttl_seconds": 600,
+                "repositories": ["library/*"],
+                "password_file": "/etc/berth/proxy/0-password/password",
+            },
+            {
+                "name": "internal",
+                "url": "https://registry.internal.example",
+                "namespace": "internal",
+                "egress_proxy": "http://proxy.example:3128",
+                "anonymous_fill": False,
+                "password_file": "/etc/berth/proxy/1-password/password",
+                "ca_file": "/etc/berth/proxy/1-ca/ca.crt",
+            },
+        ],
+        "fill_claim_wait_seconds": 30,
+    }
+    assert [v["name"] for v in parts.volumes] == [
+        "proxy-0-password",
+        "proxy-1-password",
+        "proxy-1-ca",
+    ]
+    assert parts.volumes[1]["secret"]["items"] == [{"key": "token", "path": "password"}]
+    assert parts.volumes[2]["configMap"] == {
+        "name": "internal-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    # The registry pods and the GC jobs (which load the same config) mount them.
+    deployment = next(
+        o
+        for o in build_registry_objects(body(SPECS["pull-through"]), IMAGE)
+        if o["kind"] == "Deployment"
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"proxy-0-password", "proxy-1-ca"} <= {v["name"] for v in pod["volumes"]}
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert "/etc/berth/proxy/1-ca" in mounts
+    settings = settings_from(registry_config(spec), tmp_path)
+    assert [u.resolved_namespace for u in settings.proxy.upstreams] == ["docker.io", "internal"]
+    assert settings.proxy.upstreams[0].password() == "pw"
+    assert proxy_parts(defaulted_spec("Registry", {})).config is None
+    duplicate = copy.deepcopy(SPECS["pull-through"])
+    duplicate["proxy"]["upstreams"][1]["name"] = "hub"
+    with pytest.raises(SpecError, match=r"proxy\.upstreams names must be unique"):
+        validate_registry_spec(defaulted_spec("Registry", duplicate))
 
 
 def test_auth_section_and_secret_files() -> None:
