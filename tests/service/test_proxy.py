@@ -8,9 +8,11 @@ upstream's requests and can corrupt, refuse or delay them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -367,3 +369,79 @@ async def test_replicas_wait_on_a_claim_instead_of_fetching_again(
     assert _upstream_requests(counting, "GET", f"/blobs/{digest}") == 1
     with pytest.raises(PathNotFound):  # released once the blob was stored
         await storage.stat(paths.fill_claim(Digest.parse(digest)))
+
+
+async def _serve(app: Any) -> tuple[Any, int]:
+    """An aiohttp application on a free loopback port: (runner, port)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    return runner, sock.getsockname()[1]
+
+
+async def test_bearer_tokens_are_cached_and_redirects_get_no_credentials(
+    storage_root: Path, backend: Backend, tmp_path: Path
+) -> None:
+    """A Docker-Hub-like upstream (aiohttp): a Bearer challenge, a token endpoint taking Basic
+    credentials, blobs answered with a 307 to another origin (blob storage)."""
+    from aiohttp import web
+
+    blobs = {upstreams.digest_of(d): d for d in (os.urandom(5000), os.urandom(7000))}
+    tokens_issued: list[str] = []
+    storage_auth: list[str | None] = []
+
+    async def storage_get(request: web.Request) -> web.Response:
+        storage_auth.append(request.headers.get("Authorization"))
+        return web.Response(body=blobs[request.match_info["digest"]])
+
+    store = web.Application()
+    store.router.add_get("/obj/{digest}", storage_get)
+    store_runner, store_port = await _serve(store)
+
+    registry = web.Application()
+    port_box: list[int] = []
+
+    def challenge() -> web.Response:
+        realm = f"http://127.0.0.1:{port_box[0]}/token"
+        header = f'Bearer realm="{realm}",service="hub.test"'
+        return web.Response(status=401, headers={"WWW-Authenticate": header})
+
+    async def token(request: web.Request) -> web.Response:
+        basic = base64.b64encode(f"reader:{upstreams.PASSWORD}".encode()).decode()
+        if request.headers.get("Authorization") != f"Basic {basic}":
+            return web.Response(status=401)
+        assert request.query["service"] == "hub.test"
+        tokens_issued.append(request.query["scope"])
+        return web.json_response({"token": f"tok-{len(tokens_issued)}", "expires_in": 300})
+
+    async def base(request: web.Request) -> web.Response:
+        return challenge()
+
+    async def blob(request: web.Request) -> web.Response:
+        if not request.headers.get("Authorization", "").startswith("Bearer tok-"):
+            return challenge()
+        location = f"http://127.0.0.1:{store_port}/obj/{request.match_info['digest']}"
+        return web.Response(status=307, headers={"Location": location})
+
+    registry.router.add_get("/v2/", base)
+    registry.router.add_get("/token", token)
+    registry.router.add_get("/v2/org/app/blobs/{digest}", blob)
+    runner, port = await _serve(registry)
+    port_box.append(port)
+    try:
+        settings = proxy_settings(backend, f"http://127.0.0.1:{port_box[0]}", tmp_path)
+        settings.proxy.upstreams[0].username = "reader"
+        async with backend.client(settings) as mirror:
+            for digest, data in blobs.items():
+                r = await mirror.get(f"/v2/up/org/app/blobs/{digest}")
+                assert r.status_code == 200, r.text
+                assert r.content == data
+        assert tokens_issued == ["repository:org/app:pull"]  # one token for both fetches
+        assert storage_auth == [None, None]  # credentials never follow the redirect
+    finally:
+        await runner.cleanup()
+        await store_runner.cleanup()
