@@ -58,6 +58,7 @@ class Fill:
         self.headers: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._live: asyncio.Queue[bytes | None] | None = asyncio.Queue(LIVE_DEPTH) if live else None
         self._taken = False
+        self._background: asyncio.Future[None] | None = None
         self.task: asyncio.Task[int] = asyncio.ensure_future(self._run())
 
     @property
@@ -91,11 +92,14 @@ class Fill:
             return size
         except BaseException as exc:
             if not self.headers.done():
-                self.headers.set_exception(exc)
-                self.headers.exception()  # the fill's own error; waiters see it via ``task``
+                if isinstance(exc, asyncio.CancelledError):
+                    self.headers.cancel()
+                else:
+                    self.headers.set_exception(exc)
+                    self.headers.exception()  # the fill's own error; waiters see it via ``task``
             raise
         finally:
-            await self._publish(None)
+            self._end_live()
             if self._holding:
                 with contextlib.suppress(Exception):
                     await self.uploads.driver.delete(self._claim)
@@ -176,6 +180,18 @@ class Fill:
             await asyncio.wait_for(queue.put(data), self.client.settings.read_timeout_seconds)
         except TimeoutError:
             self._live = None
+
+    def _end_live(self) -> None:
+        """Tell the live client the body is complete (or failed: it then awaits ``task``),
+        without ever waiting for it here."""
+        queue = self._live
+        if queue is None:
+            return
+        try:
+            queue.put_nowait(None)
+        except asyncio.QueueFull:  # it is behind: the marker follows once it has read on
+            marker = asyncio.ensure_future(self._publish(None))
+            self._background = marker  # keep a reference until it is done
 
     def stream(self) -> AsyncIterator[bytes] | None:
         """The live body, for the one request that started the fill (None for the others)."""

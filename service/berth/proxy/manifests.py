@@ -6,6 +6,7 @@ error (502/503/504)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -72,8 +73,10 @@ class ManifestMirror:
     async def _stored_tag(self, name: str, tag: str) -> tuple[Digest | None, float]:
         """The stored tag's digest and seconds since it was last written (or validated)."""
         try:
-            info = await self.store.driver.stat(paths.tag_current_link(name, tag))
-            digest = await self.store.tags.resolve(name, tag)
+            info, digest = await asyncio.gather(
+                self.store.driver.stat(paths.tag_current_link(name, tag)),
+                self.store.tags.resolve(name, tag),
+            )
         except (PathNotFound, ManifestUnknown):
             return None, 0.0
         return digest, max(time.time() - info.modified, 0.0)
