@@ -254,6 +254,7 @@ class FaultProxy:
         self.rule: Callable[[str, str], Action] | None = None
         self.queue: list[Action] = []
         self.seen: list[tuple[str, str, Action]] = []
+        self.bytes_down = 0  # response bytes (headers and bodies) forwarded to clients
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -346,6 +347,7 @@ class FaultProxy:
                     break
                 if action == "corrupt":
                     data, held = held, data
+                self.bytes_down += len(data)
                 writer.write(data)
                 await writer.drain()
             if held:

@@ -218,8 +218,9 @@ class UpstreamClient:
                     challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
                     retry = await self._answer(challenge, scope)
                     if retry is not None:
+                        auth = retry
                         response.release()
-                        response = await self._send(method, url, {**base, "Authorization": retry})
+                        response = await self._send(method, url, {**base, "Authorization": auth})
                 # Redirects (blob storage, CDNs): credentials only go back to the same origin.
                 origin = urlsplit(url)[:2]
                 for _ in range(MAX_REDIRECTS):
