@@ -302,8 +302,13 @@ def proxy_parts(spec: Obj) -> AuthParts:
             item["ca_file"] = f"{directory}/ca.crt"
         section.append(item)
     parts.config = {"upstreams": section}
-    if proxy.get("fillClaimWaitSeconds") is not None:
-        parts.config["fill_claim_wait_seconds"] = proxy["fillClaimWaitSeconds"]
+    for src, dst in (
+        ("fillClaimWaitSeconds", "fill_claim_wait_seconds"),
+        ("evictUnusedSeconds", "evict_unused_seconds"),
+        ("maxBytes", "max_bytes"),
+    ):
+        if proxy.get(src) is not None:
+            parts.config[dst] = proxy[src]
     return parts
 
 

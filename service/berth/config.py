@@ -424,6 +424,25 @@ class ProxySettings(_Section):
         "storage) waits this long for it to be stored before fetching it itself; a claim "
         "older than this is considered abandoned. 0: never wait.",
     )
+    evict_unused_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="`berth gc` evicts cached blobs of proxied repositories that no pull used "
+        "for this long (blobs a local repository also references stay); the next pull fetches "
+        "them again. 0: no eviction by age.",
+    )
+    max_bytes: int = Field(
+        0,
+        ge=0,
+        description="`berth gc` evicts the least recently used cached blobs of proxied "
+        "repositories until they fit in this many bytes. 0: no size cap.",
+    )
+    access_record_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="A replica records that a cached blob was used (an object in storage, "
+        "written in the background) at most once per blob per this many seconds.",
+    )
 
     @model_validator(mode="after")
     def _check_unique(self) -> ProxySettings:

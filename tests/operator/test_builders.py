@@ -86,6 +86,8 @@ SPECS: dict[str, dict[str, Any]] = {
         "storage": {"driver": "s3", "s3": {"bucket": "b"}},
         "proxy": {
             "fillClaimWaitSeconds": 30,
+            "evictUnusedSeconds": 1209600,
+            "maxBytes": 500_000_000_000,
             "upstreams": [
                 {
                     "name": "hub",
@@ -263,6 +265,8 @@ def test_proxy_section_and_mounted_files(tmp_path: Path) -> None:
             },
         ],
         "fill_claim_wait_seconds": 30,
+        "evict_unused_seconds": 1209600,
+        "max_bytes": 500_000_000_000,
     }
     assert [v["name"] for v in parts.volumes] == [
         "proxy-0-password",
@@ -287,6 +291,7 @@ def test_proxy_section_and_mounted_files(tmp_path: Path) -> None:
     settings = settings_from(registry_config(spec), tmp_path)
     assert [u.resolved_namespace for u in settings.proxy.upstreams] == ["docker.io", "internal"]
     assert settings.proxy.upstreams[0].password() == "pw"
+    assert settings.proxy.max_bytes == 500_000_000_000  # berth gc evicts with these
     assert proxy_parts(defaulted_spec("Registry", {})).config is None
     duplicate = copy.deepcopy(SPECS["pull-through"])
     duplicate["proxy"]["upstreams"][1]["name"] = "hub"

@@ -24,12 +24,14 @@ import pytest
 import upstreams
 from berth.auth.htpasswd import set_user
 from berth.config import AuthSettings, PolicyRuleSettings, Settings
+from berth.gc.evict import EvictionPolicy
 from berth.registry.digest import Digest
 from berth.storage import paths
 from berth.storage.driver import PathNotFound, StorageDriver
 from s3_servers import FaultProxy
 
-from .conftest import Backend
+from .conftest import Backend, push_blob
+from .gc_fixtures import gc
 
 MiB = 1024 * 1024
 
@@ -445,3 +447,76 @@ async def test_bearer_tokens_are_cached_and_redirects_get_no_credentials(
     finally:
         await runner.cleanup()
         await store_runner.cleanup()
+
+
+async def test_gc_evicts_cache_blobs_by_policy_and_pulls_refill_them(
+    backend: Backend,
+    distribution_upstream: upstreams.Upstream,
+    counting: FaultProxy,
+    tmp_path: Path,
+    storage: StorageDriver,
+) -> None:
+    repo = _repo()
+    shared, cached = os.urandom(300_000), os.urandom(400_000)
+    with distribution_upstream.client() as up:
+        digest, manifest = upstreams.push_image(up, repo, "v1", [shared, cached])
+    body = json.loads(manifest)
+    config = body["config"]["digest"]
+    shared_d, cached_d = (layer["digest"] for layer in body["layers"])
+    settings = proxy_settings(backend, counting.endpoint, tmp_path)
+    async with backend.app(settings) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://r") as mirror:
+            for d in (config, shared_d, cached_d):
+                r = await mirror.get(f"/v2/up/{repo}/blobs/{d}")
+                assert r.status_code == 200
+            assert (await mirror.get(f"/v2/up/{repo}/manifests/v1")).status_code == 200
+            # A local repository also uses the shared layer: never evicted.
+            local_config = b'{"local": true}'
+            await push_blob(mirror, "local/app", shared)
+            local_manifest = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": upstreams.OCI_MANIFEST,
+                    "config": {
+                        "mediaType": "application/vnd.oci.image.config.v1+json",
+                        "digest": await push_blob(mirror, "local/app", local_config),
+                        "size": len(local_config),
+                    },
+                    "layers": [body["layers"][0]],
+                }
+            ).encode()
+            r = await mirror.put(
+                "/v2/local/app/manifests/v1",
+                content=local_manifest,
+                headers={"Content-Type": upstreams.OCI_MANIFEST},
+            )
+            assert r.status_code == 201, r.text
+            await app.state.registry.proxy.access.flush()  # as the background task would
+            await storage.stat(paths.blob_access(Digest.parse(cached_d)))
+
+            await asyncio.sleep(2.2)  # past GC's clock slack at S3's one-second resolution
+            policy = EvictionPolicy(frozenset({"up"}), unused_seconds=3600)
+            report = await gc(storage, grace_period=0, eviction=policy)
+            assert report.ok and report.blobs_evictable == 0 and report.blobs_deleted == 0
+
+            policy = EvictionPolicy(frozenset({"up"}), max_bytes=1)
+            report = await gc(storage, grace_period=0, eviction=policy)
+            assert report.ok, report.errors
+            assert report.blobs_evictable == 2 and report.blobs_deleted == 2
+            assert not await _stored(storage, cached_d) and not await _stored(storage, config)
+            assert await _stored(storage, shared_d) and await _stored(storage, digest)
+            with pytest.raises(PathNotFound):
+                await storage.stat(paths.layer_link(f"up/{repo}", Digest.parse(cached_d)))
+
+            # The next pull fetches the evicted blob again; the local image is whole.
+            counting.seen.clear()
+            # This replica trusts what it saw for cache.link_staleness_seconds: skip the wait.
+            blobs = app.state.registry.blobs
+            blobs.links.discard(paths.layer_link(f"up/{repo}", Digest.parse(cached_d)))
+            blobs.forget(Digest.parse(cached_d))
+            r = await mirror.get(f"/v2/up/{repo}/blobs/{cached_d}")
+            assert r.status_code == 200 and r.content == cached
+            assert _upstream_requests(counting, "GET", f"/blobs/{cached_d}") == 1
+            r = await mirror.get(f"/v2/local/app/blobs/{shared_d}")
+            assert r.status_code == 200 and r.content == shared

@@ -12,6 +12,7 @@ from ..registry.blobs import BlobStore
 from ..registry.digest import Digest
 from ..registry.errors import BlobUnknown
 from ..registry.uploads import Uploads
+from .access import AccessRecorder
 from .client import UpstreamClient
 from .fill import Fills
 from .manifests import fill_refused
@@ -26,9 +27,12 @@ class BlobAnswer:
 
 
 class BlobMirror:
-    def __init__(self, blobs: BlobStore, uploads: Uploads, claim_wait: float = 0.0) -> None:
+    def __init__(
+        self, blobs: BlobStore, uploads: Uploads, access: AccessRecorder, claim_wait: float = 0.0
+    ) -> None:
         self.blobs = blobs
         self.uploads = uploads
+        self.access = access  # when each blob was last used, for eviction
         self.fills = Fills(claim_wait)
 
     async def get(
@@ -42,6 +46,20 @@ class BlobMirror:
         may_fill: bool,
     ) -> BlobAnswer:
         """The blob's size, and for a GET that started a fill its live body."""
+        answer = await self._get(route, client, name, digest, body=body, may_fill=may_fill)
+        self.access.note(digest)
+        return answer
+
+    async def _get(
+        self,
+        route: Route,
+        client: UpstreamClient,
+        name: str,
+        digest: Digest,
+        *,
+        body: bool,
+        may_fill: bool,
+    ) -> BlobAnswer:
         for _ in range(2):  # a second round after waiting on another repository's fill
             try:
                 size = await self.blobs.size_in(name, digest)

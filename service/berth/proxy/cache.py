@@ -14,6 +14,7 @@ from ..registry.manifest_store import ManifestStore, StoredManifest
 from ..registry.referrers import Referrers
 from ..registry.tags import Tags
 from ..registry.uploads import Uploads
+from .access import AccessRecorder
 from .blobs import BlobAnswer, BlobMirror
 from .client import UpstreamClient
 from .listing import ListingMirror
@@ -36,7 +37,8 @@ class PullThroughCache:
         self.routing = Routing(settings.upstreams)
         self.clients = {u.name: UpstreamClient(u, max_manifest_bytes) for u in settings.upstreams}
         self._manifests = ManifestMirror(manifests)
-        self._blobs = BlobMirror(blobs, uploads, settings.fill_claim_wait_seconds)
+        self.access = AccessRecorder(blobs.driver, settings.access_record_seconds)
+        self._blobs = BlobMirror(blobs, uploads, self.access, settings.fill_claim_wait_seconds)
         self._listings = ListingMirror(tags, referrers)
 
     def route(self, name: str) -> Route | None:
@@ -92,6 +94,7 @@ class PullThroughCache:
 
     async def close(self) -> None:
         await self._blobs.fills.close()
+        await self.access.close()
         await asyncio.gather(*(c.close() for c in self.clients.values()))
 
 

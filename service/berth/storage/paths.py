@@ -125,6 +125,14 @@ def lease(name: str) -> str:
     return f"{BERTH_STATE}/leases/{name}"
 
 
+ACCESS_ROOT = f"{BERTH_STATE}/access"
+
+
+def blob_access(digest: Digest) -> str:
+    """Rewritten (its modification time is what counts) when a proxied blob is used."""
+    return f"{ACCESS_ROOT}/{digest.algorithm}/{digest.hex}"
+
+
 def fill_claim(digest: Digest) -> str:
     """Held (created exclusively) by the replica fetching a blob from a pull-through upstream."""
     return f"{BERTH_STATE}/fills/{digest.algorithm}/{digest.hex}"
