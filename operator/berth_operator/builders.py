@@ -250,6 +250,12 @@ def auth_parts(spec: Obj) -> AuthParts:
     return parts
 
 
+def source_path(source: Obj) -> str:
+    """The one file a Secret or ConfigMap volume source projects."""
+    (kind,) = source.values()
+    return str(kind["items"][0]["path"])
+
+
 def proxy_parts(spec: Obj) -> AuthParts:
     """Map ``spec.proxy`` to the registry's ``proxy:`` config section (``ProxySettings``), with
     each upstream's password Secret and CA ConfigMap mounted as files."""
@@ -273,33 +279,22 @@ def proxy_parts(spec: Obj) -> AuthParts:
             if upstream.get(src) is not None:
                 item[dst] = copy.deepcopy(upstream[src])
         # Volumes by position: upstream names may be as long as a volume name may be.
-        password = upstream.get("passwordSecret")
+        password, ca = upstream.get("passwordSecret"), upstream.get("caConfigMap")
+        files = []
         if password:
-            directory = f"{PROXY_DIR}/{i}-password"
-            source = {
-                "secret": {
-                    "secretName": password["name"],
-                    "items": [{"key": password.get("key", "password"), "path": "password"}],
-                    "defaultMode": 0o440,  # readable by the pod's group (fsGroup) only
-                }
-            }
-            more = _mounted_file(f"proxy-{i}-password", directory, source)
-            parts.volumes += more.volumes
-            parts.mounts += more.mounts
-            item["password_file"] = f"{directory}/password"
-        ca = upstream.get("caConfigMap")
+            # The password is readable by the pod's group (fsGroup) only.
+            items = [{"key": password.get("key", "password"), "path": "password"}]
+            secret = {"secretName": password["name"], "items": items, "defaultMode": 0o440}
+            files.append(("password", "password_file", {"secret": secret}))
         if ca:
-            directory = f"{PROXY_DIR}/{i}-ca"
-            source = {
-                "configMap": {
-                    "name": ca["name"],
-                    "items": [{"key": ca.get("key", "ca.crt"), "path": "ca.crt"}],
-                }
-            }
-            more = _mounted_file(f"proxy-{i}-ca", directory, source)
+            items = [{"key": ca.get("key", "ca.crt"), "path": "ca.crt"}]
+            files.append(("ca", "ca_file", {"configMap": {"name": ca["name"], "items": items}}))
+        for kind, setting, source in files:
+            directory = f"{PROXY_DIR}/{i}-{kind}"
+            more = _mounted_file(f"proxy-{i}-{kind}", directory, source)
             parts.volumes += more.volumes
             parts.mounts += more.mounts
-            item["ca_file"] = f"{directory}/ca.crt"
+            item[setting] = f"{directory}/{source_path(source)}"
         section.append(item)
     parts.config = {"upstreams": section}
     for src, dst in (

@@ -12,7 +12,6 @@ from ..registry.blobs import BlobStore
 from ..registry.digest import Digest
 from ..registry.errors import BlobUnknown
 from ..registry.uploads import Uploads
-from .access import AccessRecorder
 from .client import UpstreamClient
 from .fill import Fills
 from .manifests import fill_refused
@@ -27,13 +26,9 @@ class BlobAnswer:
 
 
 class BlobMirror:
-    def __init__(
-        self, blobs: BlobStore, uploads: Uploads, access: AccessRecorder, claim_wait: float = 0.0
-    ) -> None:
+    def __init__(self, blobs: BlobStore, uploads: Uploads, claim_wait: float = 0.0) -> None:
         self.blobs = blobs
-        self.uploads = uploads
-        self.access = access  # when each blob was last used, for eviction
-        self.fills = Fills(claim_wait)
+        self.fills = Fills(uploads, claim_wait)
 
     async def get(
         self,
@@ -46,20 +41,6 @@ class BlobMirror:
         may_fill: bool,
     ) -> BlobAnswer:
         """The blob's size, and for a GET that started a fill its live body."""
-        answer = await self._get(route, client, name, digest, body=body, may_fill=may_fill)
-        self.access.note(digest)
-        return answer
-
-    async def _get(
-        self,
-        route: Route,
-        client: UpstreamClient,
-        name: str,
-        digest: Digest,
-        *,
-        body: bool,
-        may_fill: bool,
-    ) -> BlobAnswer:
         for _ in range(2):  # a second round after waiting on another repository's fill
             try:
                 size = await self.blobs.size_in(name, digest)
@@ -95,7 +76,7 @@ class BlobMirror:
                     return BlobAnswer(upstream_size)
             # A HEAD the upstream answered 404 goes on with a GET all the same: a chained
             # cache fetches a blob only on GET (Distribution issue 4747).
-        fill = self.fills.join(client, self.uploads, name, route.remote, digest, live=body)
+        fill = self.fills.join(client, name, route.remote, digest, live=body)
         expected = await asyncio.shield(fill.headers)
         if not body and expected is not None:
             return BlobAnswer(expected)

@@ -38,7 +38,7 @@ class PullThroughCache:
         self.clients = {u.name: UpstreamClient(u, max_manifest_bytes) for u in settings.upstreams}
         self._manifests = ManifestMirror(manifests)
         self.access = AccessRecorder(blobs.driver, settings.access_record_seconds)
-        self._blobs = BlobMirror(blobs, uploads, self.access, settings.fill_claim_wait_seconds)
+        self._blobs = BlobMirror(blobs, uploads, settings.fill_claim_wait_seconds)
         self._listings = ListingMirror(tags, referrers)
 
     def route(self, name: str) -> Route | None:
@@ -68,9 +68,11 @@ class PullThroughCache:
         self, route: Route, name: str, digest: Digest, *, body: bool, anonymous: bool
     ) -> BlobAnswer:
         client = self.clients[route.label]
-        return await self._blobs.get(
+        answer = await self._blobs.get(
             route, client, name, digest, body=body, may_fill=self.may_fill(route, anonymous)
         )
+        self.access.note(digest)  # when it was last used, for eviction
+        return answer
 
     async def tags(self, route: Route, name: str, *, anonymous: bool) -> list[str]:
         client = self.clients[route.label]

@@ -227,27 +227,24 @@ class Fill:
 class Fills:
     """The fills running in this process, by digest."""
 
-    def __init__(self, claim_wait: float = 0.0) -> None:
+    def __init__(self, uploads: Uploads, claim_wait: float = 0.0) -> None:
         self._running: dict[Digest, Fill] = {}
+        self.uploads = uploads
         self.claim_wait = claim_wait
 
     def running(self, digest: Digest) -> Fill | None:
         return self._running.get(digest)
 
     def join(
-        self,
-        client: UpstreamClient,
-        uploads: Uploads,
-        name: str,
-        remote: str,
-        digest: Digest,
-        *,
-        live: bool,
+        self, client: UpstreamClient, name: str, remote: str, digest: Digest, *, live: bool
     ) -> Fill:
+        """The blob's running fill, or a new one (``live``: its starter takes the body)."""
         fill = self._running.get(digest)
         if fill is not None:
             return fill
-        fill = Fill(client, uploads, name, remote, digest, live=live, claim_wait=self.claim_wait)
+        fill = Fill(
+            client, self.uploads, name, remote, digest, live=live, claim_wait=self.claim_wait
+        )
         self._running[digest] = fill
 
         def done(task: asyncio.Task[int]) -> None:
