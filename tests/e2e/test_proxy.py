@@ -5,6 +5,7 @@ both filled with skopeo; skopeo pulls through the mirror and the digests are the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 
 import upstreams
 from berth.auth.htpasswd import set_user
+from s3_servers import FaultProxy
 
 from .conftest import BerthFactory, Containerd, Server, Skopeo, require_tool
 from .ocilayout import MT_MANIFEST, OCILayout
@@ -211,3 +213,36 @@ def test_containerd_pulls_through_a_hosts_toml_mirror(
 
 def upstreams_creds() -> str:
     return f"{upstreams.USER}:{upstreams.PASSWORD}"
+
+
+def test_a_client_leaving_mid_fill_does_not_stop_it(
+    tmp_path: Path, berth_factory: BerthFactory, distribution_upstream: upstreams.Upstream
+) -> None:
+    """The first client streams the fill live; when it goes away the fill goes on, and the
+    next request is served the stored blob without another upstream fetch."""
+    counting = FaultProxy(distribution_upstream.url)
+    try:
+        data = os.urandom(24 * 1024 * 1024)
+        repo = f"team/big-{uuid.uuid4().hex[:8]}"
+        with distribution_upstream.client() as up:
+            digest = upstreams.push_blob(up, repo, data)
+        upstream = _upstream(
+            "dist", counting.endpoint, upstreams.USER, upstreams.PASSWORD, tmp_path
+        )
+        server = berth_factory.start(config={"proxy": {"upstreams": [upstream]}})
+        try:
+            with httpx.Client(base_url=server.url, timeout=60) as c:
+                with c.stream("GET", f"/v2/dist/{repo}/blobs/{digest}") as r:
+                    assert r.status_code == 200
+                    assert r.headers["Content-Length"] == str(len(data))
+                    first = next(r.iter_bytes())
+                    assert data.startswith(first)
+                # Left after the first chunk; the next request waits for (or finds) the blob.
+                r = c.get(f"/v2/dist/{repo}/blobs/{digest}")
+                assert r.status_code == 200 and r.content == data
+            fetches = [t for m, t, _ in counting.seen if m == "GET" and digest in t]
+            assert len(fetches) == 1, counting.seen
+        finally:
+            server.stop()
+    finally:
+        counting.stop()
