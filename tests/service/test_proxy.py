@@ -15,6 +15,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,42 @@ def proxy_settings(backend: Backend, upstream_url: str, tmp_path: Path, **extra:
     return Settings.model_validate(base)
 
 
+@dataclass
+class ProxyEnv:
+    """A storage backend, the real upstream, and the counting proxy Berth reaches it through."""
+
+    backend: Backend
+    upstream: upstreams.Upstream
+    counting: FaultProxy
+    tmp_path: Path
+
+    def settings(self, **extra: Any) -> Settings:
+        return proxy_settings(self.backend, self.counting.endpoint, self.tmp_path, **extra)
+
+    def push_image(
+        self, repo: str, tag: str, layers: list[bytes], seed: str = ""
+    ) -> tuple[str, bytes]:
+        with self.upstream.client() as up:
+            return upstreams.push_image(up, repo, tag, layers, seed)
+
+    def push_blob(self, repo: str, data: bytes) -> str:
+        with self.upstream.client() as up:
+            return upstreams.push_blob(up, repo, data)
+
+
 @pytest.fixture
-async def mirror(
-    backend: Backend, counting: FaultProxy, tmp_path: Path
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with backend.client(proxy_settings(backend, counting.endpoint, tmp_path)) as c:
+def env(
+    backend: Backend,
+    distribution_upstream: upstreams.Upstream,
+    counting: FaultProxy,
+    tmp_path: Path,
+) -> ProxyEnv:
+    return ProxyEnv(backend, distribution_upstream, counting, tmp_path)
+
+
+@pytest.fixture
+async def mirror(env: ProxyEnv) -> AsyncIterator[httpx.AsyncClient]:
+    async with env.backend.client(env.settings()) as c:
         yield c
 
 
@@ -90,14 +122,12 @@ async def _stored(storage: StorageDriver, digest: str) -> bool:
 
 async def test_pull_through_fills_once_and_serves_both_routes(
     mirror: httpx.AsyncClient,
-    distribution_upstream: upstreams.Upstream,
-    counting: FaultProxy,
+    env: ProxyEnv,
     storage: StorageDriver,
 ) -> None:
     repo = _repo()
     layers = [os.urandom(3 * MiB + 17), b"small layer"]
-    with distribution_upstream.client() as up:
-        digest, manifest = upstreams.push_image(up, repo, "v1", layers)
+    digest, manifest = env.push_image(repo, "v1", layers)
     body = json.loads(manifest)
 
     r = await mirror.get(f"/v2/up/{repo}/manifests/v1", headers={"Accept": upstreams.OCI_MANIFEST})
@@ -112,7 +142,7 @@ async def test_pull_through_fills_once_and_serves_both_routes(
     # Stored under the prefixed name, like any pushed repository.
     await storage.stat(paths.revision_link(f"up/{repo}", Digest.parse(digest)))
 
-    fetched = len(counting.seen)
+    fetched = len(env.counting.seen)
     # The mirror route (containerd's ?ns=) shares the cache: nothing is fetched again.
     r = await mirror.get(f"/v2/{repo}/manifests/v1", params={"ns": "upstream.test"})
     assert r.status_code == 200 and r.headers["Docker-Content-Digest"] == digest
@@ -122,7 +152,7 @@ async def test_pull_through_fills_once_and_serves_both_routes(
         assert "sha256:" + hashlib.sha256(r.content).hexdigest() == desc["digest"]
     r = await mirror.get(f"/v2/up/{repo}/manifests/{digest}")
     assert r.status_code == 200 and r.content == manifest
-    assert len(counting.seen) == fetched, counting.seen[fetched:]
+    assert len(env.counting.seen) == fetched, env.counting.seen[fetched:]
 
     # Tags come from the upstream; an unknown namespace and a push are refused clearly.
     r = await mirror.get(f"/v2/up/{repo}/tags/list")
@@ -141,14 +171,12 @@ async def test_pull_through_fills_once_and_serves_both_routes(
 
 async def test_concurrent_pulls_of_an_uncached_blob_fetch_it_once(
     mirror: httpx.AsyncClient,
-    distribution_upstream: upstreams.Upstream,
-    counting: FaultProxy,
+    env: ProxyEnv,
     storage: StorageDriver,
 ) -> None:
     repo = _repo()
     big = os.urandom(64 * MiB)
-    with distribution_upstream.client() as up:
-        digest = upstreams.push_blob(up, repo, big)
+    digest = env.push_blob(repo, big)
 
     async def pull() -> str:
         h = hashlib.sha256()
@@ -161,21 +189,19 @@ async def test_concurrent_pulls_of_an_uncached_blob_fetch_it_once(
 
     results = await asyncio.gather(*(pull() for _ in range(20)))
     assert results == [digest] * 20
-    assert _upstream_requests(counting, "GET", f"/blobs/{digest}") == 1
+    assert _upstream_requests(env.counting, "GET", f"/blobs/{digest}") == 1
     assert await _stored(storage, digest)
 
 
 async def test_corrupted_upstream_blob_is_never_stored(
     mirror: httpx.AsyncClient,
-    distribution_upstream: upstreams.Upstream,
-    counting: FaultProxy,
+    env: ProxyEnv,
     storage: StorageDriver,
 ) -> None:
     repo = _repo()
     data = os.urandom(2 * MiB + 5)
-    with distribution_upstream.client() as up:
-        digest = upstreams.push_blob(up, repo, data)
-    counting.rule = lambda method, target: (
+    digest = env.push_blob(repo, data)
+    env.counting.rule = lambda method, target: (
         "corrupt" if method == "GET" and f"/blobs/{digest}" in target else None
     )
     received = b""
@@ -188,28 +214,22 @@ async def test_corrupted_upstream_blob_is_never_stored(
     with pytest.raises(PathNotFound):
         await storage.stat(paths.layer_link(f"up/{repo}", Digest.parse(digest)))
     # A HEAD now asks the upstream again (nothing was stored), and a good fetch stores it.
-    counting.clear()
+    env.counting.clear()
     r = await mirror.get(f"/v2/up/{repo}/blobs/{digest}")
     assert r.status_code == 200 and r.content == data
     assert await _stored(storage, digest)
 
 
-async def test_upstream_outages_serve_cached_tags_and_fail_uncached_clearly(
-    backend: Backend,
-    distribution_upstream: upstreams.Upstream,
-    counting: FaultProxy,
-    tmp_path: Path,
-) -> None:
+async def test_upstream_outages_serve_cached_tags_and_fail_uncached_clearly(env: ProxyEnv) -> None:
     repo = _repo()
-    with distribution_upstream.client() as up:
-        digest, _ = upstreams.push_image(up, repo, "v1", [b"layer one"])
-        upstreams.push_image(up, repo, "never-pulled", [b"layer two"], seed="2")
-    settings = proxy_settings(backend, counting.endpoint, tmp_path, tag_ttl_seconds=0)
-    async with backend.client(settings) as mirror:
+    digest, _ = env.push_image(repo, "v1", [b"layer one"])
+    env.push_image(repo, "never-pulled", [b"layer two"], seed="2")
+    settings = env.settings(tag_ttl_seconds=0)
+    async with env.backend.client(settings) as mirror:
         r = await mirror.get(f"/v2/up/{repo}/manifests/v1")
         assert r.status_code == 200
         for action, status in (("reset", 503), (("status", 429, b""), 503), (("delay", 8), 504)):
-            counting.rule = lambda method, target, action=action: action
+            env.counting.rule = lambda method, target, action=action: action
             # Stale (TTL 0) but cached: served; never cached: the documented error.
             r = await mirror.get(f"/v2/up/{repo}/manifests/v1")
             assert r.status_code == 200, (action, r.text)
@@ -220,61 +240,52 @@ async def test_upstream_outages_serve_cached_tags_and_fail_uncached_clearly(
             assert "up" in r.json()["errors"][0]["message"]
             if status == 503:
                 assert "Retry-After" in r.headers
-        counting.clear()
+        env.counting.clear()
         metrics = (await mirror.get("/metrics")).text
         assert 'berth_proxy_stale_served_total{kind="manifest",upstream="up"}' in metrics
 
 
-async def test_tag_revalidation_asks_head_and_gets_only_changes(
-    backend: Backend,
-    distribution_upstream: upstreams.Upstream,
-    counting: FaultProxy,
-    tmp_path: Path,
-) -> None:
+async def test_tag_revalidation_asks_head_and_gets_only_changes(env: ProxyEnv) -> None:
     repo = _repo()
-    with distribution_upstream.client() as up:
-        first, _ = upstreams.push_image(up, repo, "v1", [b"a"])
-    settings = proxy_settings(backend, counting.endpoint, tmp_path, tag_ttl_seconds=0)
-    async with backend.client(settings) as mirror:
+    first, _ = env.push_image(repo, "v1", [b"a"])
+    settings = env.settings(tag_ttl_seconds=0)
+    async with env.backend.client(settings) as mirror:
         r = await mirror.get(f"/v2/up/{repo}/manifests/v1")
         assert r.headers["Docker-Content-Digest"] == first
-        counting.seen.clear()
+        env.counting.seen.clear()
         r = await mirror.get(f"/v2/up/{repo}/manifests/v1")  # unchanged: HEAD only
         assert r.headers["Docker-Content-Digest"] == first
-        assert _upstream_requests(counting, "HEAD", "/manifests/v1") == 1
-        assert _upstream_requests(counting, "GET", "/manifests/v1") == 0
-        with distribution_upstream.client() as up:
-            second, _ = upstreams.push_image(up, repo, "v1", [b"b"], seed="moved")
+        assert _upstream_requests(env.counting, "HEAD", "/manifests/v1") == 1
+        assert _upstream_requests(env.counting, "GET", "/manifests/v1") == 0
+        second, _ = env.push_image(repo, "v1", [b"b"], seed="moved")
         r = await mirror.get(f"/v2/up/{repo}/manifests/v1")  # moved: fetched and stored
         assert r.headers["Docker-Content-Digest"] == second
-        assert _upstream_requests(counting, "GET", "/manifests/v1") == 1
+        assert _upstream_requests(env.counting, "GET", "/manifests/v1") == 1
     # With a long TTL the stored tag is served without asking.
-    settings = proxy_settings(backend, counting.endpoint, tmp_path, tag_ttl_seconds=3600)
-    async with backend.client(settings) as mirror:
-        counting.seen.clear()
+    settings = env.settings(tag_ttl_seconds=3600)
+    async with env.backend.client(settings) as mirror:
+        env.counting.seen.clear()
         r = await mirror.get(f"/v2/up/{repo}/manifests/v1")
         assert r.headers["Docker-Content-Digest"] == second
-        assert counting.seen == []
+        assert env.counting.seen == []
 
 
 async def test_blob_head_asks_upstream_and_falls_back_to_get(
     mirror: httpx.AsyncClient,
-    distribution_upstream: upstreams.Upstream,
-    counting: FaultProxy,
+    env: ProxyEnv,
     storage: StorageDriver,
 ) -> None:
     repo = _repo()
     data = os.urandom(100_000)
-    with distribution_upstream.client() as up:
-        digest = upstreams.push_blob(up, repo, data)
+    digest = env.push_blob(repo, data)
     r = await mirror.head(f"/v2/up/{repo}/blobs/{digest}")
     assert r.status_code == 200 and r.headers["Content-Length"] == str(len(data))
     assert not await _stored(storage, digest)  # a HEAD the upstream answers fetches nothing
     # A chained cache answers 404 to HEAD until someone GETs (Distribution issue 4747).
-    counting.rule = lambda method, target: ("status", 404, b"") if method == "HEAD" else None
+    env.counting.rule = lambda method, target: ("status", 404, b"") if method == "HEAD" else None
     r = await mirror.head(f"/v2/up/{repo}/blobs/{digest}")
     assert r.status_code == 200 and r.headers["Content-Length"] == str(len(data))
-    assert _upstream_requests(counting, "GET", f"/blobs/{digest}") == 1
+    assert _upstream_requests(env.counting, "GET", f"/blobs/{digest}") == 1
     for _ in range(100):  # the fill the HEAD started finishes in the background
         if await _stored(storage, digest):
             break
@@ -285,41 +296,27 @@ async def test_blob_head_asks_upstream_and_falls_back_to_get(
     assert r.status_code == 404
 
 
-async def test_allow_list_and_anonymous_fill(
-    backend: Backend,
-    distribution_upstream: upstreams.Upstream,
-    counting: FaultProxy,
-    tmp_path: Path,
-) -> None:
+async def test_allow_list_and_anonymous_fill(env: ProxyEnv) -> None:
     repo = _repo()
-    with distribution_upstream.client() as up:
-        upstreams.push_image(up, repo, "v1", [b"x"])
-    settings = proxy_settings(
-        backend, counting.endpoint, tmp_path, repositories=["other/*"], anonymous_fill=False
-    )
-    async with backend.client(settings) as mirror:
+    env.push_image(repo, "v1", [b"x"])
+    settings = env.settings(repositories=["other/*"], anonymous_fill=False)
+    async with env.backend.client(settings) as mirror:
         r = await mirror.get(f"/v2/up/{repo}/manifests/v1")
         assert r.status_code == 404 and r.json()["errors"][0]["code"] == "NAME_UNKNOWN"
-    settings = proxy_settings(backend, counting.endpoint, tmp_path, anonymous_fill=False)
-    async with backend.client(settings) as mirror:
+    settings = env.settings(anonymous_fill=False)
+    async with env.backend.client(settings) as mirror:
         r = await mirror.get(f"/v2/up/{repo}/manifests/v1")
         assert r.status_code == 403 and r.json()["errors"][0]["code"] == "DENIED"
-    assert counting.seen == []
+    assert env.counting.seen == []
 
 
-async def test_access_policies_apply_to_the_prefixed_name(
-    backend: Backend,
-    distribution_upstream: upstreams.Upstream,
-    counting: FaultProxy,
-    tmp_path: Path,
-) -> None:
+async def test_access_policies_apply_to_the_prefixed_name(env: ProxyEnv) -> None:
     repo = _repo()
-    with distribution_upstream.client() as up:
-        digest, _ = upstreams.push_image(up, repo, "v1", [b"policy"])
-    htpasswd = tmp_path / "htpasswd"
+    digest, _ = env.push_image(repo, "v1", [b"policy"])
+    htpasswd = env.tmp_path / "htpasswd"
     set_user(htpasswd, "mirrored", "pw-1", cost=4)
     set_user(htpasswd, "unprefixed", "pw-2", cost=4)
-    settings = proxy_settings(backend, counting.endpoint, tmp_path).model_copy(
+    settings = env.settings().model_copy(
         update={
             "auth": AuthSettings(
                 mode="htpasswd",
@@ -331,13 +328,13 @@ async def test_access_policies_apply_to_the_prefixed_name(
             )
         }
     )
-    async with backend.client(settings) as mirror:
+    async with env.backend.client(settings) as mirror:
         ns = {"ns": "upstream.test"}
         r = await mirror.get(f"/v2/{repo}/manifests/v1", params=ns)
         assert r.status_code == 401
         r = await mirror.get(f"/v2/{repo}/manifests/v1", params=ns, auth=("unprefixed", "pw-2"))
         assert r.status_code == 403  # the request is for up/<repo>, not <repo>
-        assert counting.seen == []  # refused before anything reached the upstream
+        assert env.counting.seen == []  # refused before anything reached the upstream
         r = await mirror.get(f"/v2/{repo}/manifests/v1", params=ns, auth=("mirrored", "pw-1"))
         assert r.status_code == 200 and r.headers["Docker-Content-Digest"] == digest
         # Distribution 2.8.2 has no referrers API: what is stored answers (nothing here).
@@ -346,20 +343,16 @@ async def test_access_policies_apply_to_the_prefixed_name(
 
 
 async def test_replicas_wait_on_a_claim_instead_of_fetching_again(
-    backend: Backend,
-    distribution_upstream: upstreams.Upstream,
-    counting: FaultProxy,
-    tmp_path: Path,
+    env: ProxyEnv,
     storage: StorageDriver,
 ) -> None:
     repo = _repo()
     data = os.urandom(8 * MiB + 3)
-    with distribution_upstream.client() as up:
-        digest = upstreams.push_blob(up, repo, data)
+    digest = env.push_blob(repo, data)
     # The upstream is slow to start answering, so the second replica surely meets the claim.
-    counting.rule = lambda method, target: ("delay", 0.5) if method == "GET" else None
-    settings = proxy_settings(backend, counting.endpoint, tmp_path)
-    async with backend.client(settings) as one, backend.client(settings) as two:
+    env.counting.rule = lambda method, target: ("delay", 0.5) if method == "GET" else None
+    settings = env.settings()
+    async with env.backend.client(settings) as one, env.backend.client(settings) as two:
 
         async def pull(replica: httpx.AsyncClient) -> bytes:
             r = await replica.get(f"/v2/up/{repo}/blobs/{digest}")
@@ -368,7 +361,7 @@ async def test_replicas_wait_on_a_claim_instead_of_fetching_again(
 
         bodies = await asyncio.gather(*(pull(c) for c in (one, two) for _ in range(5)))
     assert all(body == data for body in bodies)
-    assert _upstream_requests(counting, "GET", f"/blobs/{digest}") == 1
+    assert _upstream_requests(env.counting, "GET", f"/blobs/{digest}") == 1
     with pytest.raises(PathNotFound):  # released once the blob was stored
         await storage.stat(paths.fill_claim(Digest.parse(digest)))
 
@@ -450,21 +443,17 @@ async def test_bearer_tokens_are_cached_and_redirects_get_no_credentials(
 
 
 async def test_gc_evicts_cache_blobs_by_policy_and_pulls_refill_them(
-    backend: Backend,
-    distribution_upstream: upstreams.Upstream,
-    counting: FaultProxy,
-    tmp_path: Path,
+    env: ProxyEnv,
     storage: StorageDriver,
 ) -> None:
     repo = _repo()
     shared, cached = os.urandom(300_000), os.urandom(400_000)
-    with distribution_upstream.client() as up:
-        digest, manifest = upstreams.push_image(up, repo, "v1", [shared, cached])
+    digest, manifest = env.push_image(repo, "v1", [shared, cached])
     body = json.loads(manifest)
     config = body["config"]["digest"]
     shared_d, cached_d = (layer["digest"] for layer in body["layers"])
-    settings = proxy_settings(backend, counting.endpoint, tmp_path)
-    async with backend.app(settings) as app:
+    settings = env.settings()
+    async with env.backend.app(settings) as app:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://r") as mirror:
             for d in (config, shared_d, cached_d):
@@ -510,13 +499,13 @@ async def test_gc_evicts_cache_blobs_by_policy_and_pulls_refill_them(
                 await storage.stat(paths.layer_link(f"up/{repo}", Digest.parse(cached_d)))
 
             # The next pull fetches the evicted blob again; the local image is whole.
-            counting.seen.clear()
+            env.counting.seen.clear()
             # This replica trusts what it saw for cache.link_staleness_seconds: skip the wait.
             blobs = app.state.registry.blobs
             blobs.links.discard(paths.layer_link(f"up/{repo}", Digest.parse(cached_d)))
             blobs.forget(Digest.parse(cached_d))
             r = await mirror.get(f"/v2/up/{repo}/blobs/{cached_d}")
             assert r.status_code == 200 and r.content == cached
-            assert _upstream_requests(counting, "GET", f"/blobs/{cached_d}") == 1
+            assert _upstream_requests(env.counting, "GET", f"/blobs/{cached_d}") == 1
             r = await mirror.get(f"/v2/local/app/blobs/{shared_d}")
             assert r.status_code == 200 and r.content == shared
