@@ -45,10 +45,12 @@ def counting(distribution_upstream: upstreams.Upstream) -> Iterator[FaultProxy]:
     p.stop()
 
 
-def proxy_settings(backend: Backend, upstream_url: str, tmp_path: Path, **extra: Any) -> Settings:
+def proxy_settings(
+    backend: Backend, upstream_url: str, tmp_path: Path, redirect: bool = False, **extra: Any
+) -> Settings:
     password = tmp_path / "upstream-password"
     password.write_text(upstreams.PASSWORD + "\n")
-    base = backend.settings(redirect=False).model_dump(mode="json")
+    base = backend.settings(redirect=redirect).model_dump(mode="json")
     base["proxy"] = {
         "upstreams": [
             {
@@ -74,8 +76,10 @@ class ProxyEnv:
     counting: FaultProxy
     tmp_path: Path
 
-    def settings(self, **extra: Any) -> Settings:
-        return proxy_settings(self.backend, self.counting.endpoint, self.tmp_path, **extra)
+    def settings(self, redirect: bool = False, **extra: Any) -> Settings:
+        return proxy_settings(
+            self.backend, self.counting.endpoint, self.tmp_path, redirect, **extra
+        )
 
     def push_image(
         self, repo: str, tag: str, layers: list[bytes], seed: str = ""
@@ -191,6 +195,25 @@ async def test_concurrent_pulls_of_an_uncached_blob_fetch_it_once(
     assert results == [digest] * 20
     assert _upstream_requests(env.counting, "GET", f"/blobs/{digest}") == 1
     assert await _stored(storage, digest)
+
+
+async def test_stored_blobs_are_served_like_any_other_with_redirects(
+    env: ProxyEnv, storage: StorageDriver
+) -> None:
+    repo = _repo()
+    data = os.urandom(MiB + 1)
+    digest = env.push_blob(repo, data)
+    async with env.backend.client(env.settings(redirect=True)) as mirror:
+        r = await mirror.get(f"/v2/up/{repo}/blobs/{digest}")  # the fill, streamed
+        assert r.status_code == 200 and r.content == data
+        r = await mirror.get(f"/v2/up/{repo}/blobs/{digest}")
+        if env.backend.s3 is None:  # the filesystem driver has no URLs to redirect to
+            assert r.status_code == 200 and r.content == data
+        else:
+            assert r.status_code == 307, r.text
+            async with httpx.AsyncClient() as direct:
+                assert (await direct.get(r.headers["Location"])).content == data
+    assert _upstream_requests(env.counting, "GET", f"/blobs/{digest}") == 1
 
 
 async def test_corrupted_upstream_blob_is_never_stored(
