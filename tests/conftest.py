@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import s3_servers
+import upstreams
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +29,14 @@ def seaweedfs_server() -> Iterator[s3_servers.S3Server]:
     server = s3_servers.require_seaweedfs()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def distribution_upstream() -> Iterator[upstreams.Upstream]:
+    """Distribution 2.8.2 with htpasswd auth: a real upstream for pull-through tests."""
+    upstream = upstreams.start_distribution()
+    yield upstream
+    upstream.stop()
 
 
 @pytest.fixture

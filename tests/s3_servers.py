@@ -235,7 +235,8 @@ def error_body(code: str, message: str = "") -> bytes:
 
 
 # An action for one request: None (forward), "503", "reset", ("delay", seconds),
-# ("status", status, body): answer that status with that body (e.g. ``error_body(code)``).
+# ("status", status, body): answer that status with that body (e.g. ``error_body(code)``),
+# "corrupt": forward, flipping the answer's last byte (a body of the right length, wrong bytes).
 Action = str | tuple[str, float] | tuple[str, int, bytes] | None
 
 
@@ -253,6 +254,7 @@ class FaultProxy:
         self.rule: Callable[[str, str], Action] | None = None
         self.queue: list[Action] = []
         self.seen: list[tuple[str, str, Action]] = []
+        self.bytes_down = 0  # response bytes (headers and bodies) forwarded to clients
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -338,11 +340,18 @@ class FaultProxy:
             request = "\r\n".join([lines[0], *headers, "Connection: close", "", ""]).encode()
             up_w.write(request + body)
             await up_w.drain()
+            held = b""  # "corrupt" keeps the last piece back to flip its last byte
             while True:
                 data = await up_r.read(65536)
                 if not data:
                     break
+                if action == "corrupt":
+                    data, held = held, data
+                self.bytes_down += len(data)
                 writer.write(data)
+                await writer.drain()
+            if held:
+                writer.write(held[:-1] + bytes([held[-1] ^ 0xFF]))
                 await writer.drain()
             up_w.close()
         except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):

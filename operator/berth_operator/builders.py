@@ -26,6 +26,7 @@ CONFIG_KEY = "config.yaml"
 DATA_DIR = "/var/lib/berth"
 AUTH_DIR = f"{CONFIG_DIR}/auth"
 NOTIFY_DIR = f"{CONFIG_DIR}/notifications"
+PROXY_DIR = f"{CONFIG_DIR}/proxy"
 RUN_AS = 10001
 METRICS_PORT = 9090  # observability.metrics_port of every registry pod
 SHUTDOWN_MARGIN = 5  # seconds between the server's shutdown timeout and SIGKILL
@@ -125,6 +126,9 @@ def validate_registry_spec(spec: Obj) -> None:
             problems.append(
                 "auth.token needs jwksURL, trustedKeysSecret or signingKeySecret to verify tokens"
             )
+    names = [u["name"] for u in (spec.get("proxy") or {}).get("upstreams") or []]
+    if len(set(names)) != len(names):
+        problems.append("proxy.upstreams names must be unique")
     scaling = spec["autoscaling"]
     if scaling["enabled"] and scaling["minReplicas"] > scaling["maxReplicas"]:
         problems.append("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
@@ -179,21 +183,23 @@ class AuthParts:
     mounts: list[Obj] = field(default_factory=list)
 
 
-def _secret_file(volume: str, secret: str, key: str, filename: str, mode: int) -> AuthParts:
-    directory = f"{AUTH_DIR}/{volume}"
+def _mounted_file(volume: str, directory: str, source: Obj) -> AuthParts:
+    """One file of a Secret or ConfigMap (``source``: the volume's source), in ``directory``."""
     return AuthParts(
-        volumes=[
-            {
-                "name": f"auth-{volume}",
-                "secret": {
-                    "secretName": secret,
-                    "items": [{"key": key, "path": filename}],
-                    "defaultMode": mode,
-                },
-            }
-        ],
-        mounts=[{"name": f"auth-{volume}", "mountPath": directory, "readOnly": True}],
+        volumes=[{"name": volume, **source}],
+        mounts=[{"name": volume, "mountPath": directory, "readOnly": True}],
     )
+
+
+def _secret_file(volume: str, secret: str, key: str, filename: str, mode: int) -> AuthParts:
+    source = {
+        "secret": {
+            "secretName": secret,
+            "items": [{"key": key, "path": filename}],
+            "defaultMode": mode,
+        }
+    }
+    return _mounted_file(f"auth-{volume}", f"{AUTH_DIR}/{volume}", source)
 
 
 def auth_parts(spec: Obj) -> AuthParts:
@@ -313,6 +319,63 @@ def _endpoint_config(endpoint: Obj, directory: str) -> tuple[Obj, list[Obj]]:
     return config, sources
 
 
+def source_path(source: Obj) -> str:
+    """The one file a Secret or ConfigMap volume source projects."""
+    (kind,) = source.values()
+    return str(kind["items"][0]["path"])
+
+
+def proxy_parts(spec: Obj) -> AuthParts:
+    """Map ``spec.proxy`` to the registry's ``proxy:`` config section (``ProxySettings``), with
+    each upstream's password Secret and CA ConfigMap mounted as files."""
+    proxy = spec.get("proxy") or {}
+    upstreams = proxy.get("upstreams") or []
+    if not upstreams:
+        return AuthParts()
+    parts = AuthParts()
+    section: list[Obj] = []
+    for i, upstream in enumerate(upstreams):
+        item: Obj = {"name": upstream["name"], "url": upstream["url"]}
+        for src, dst in (
+            ("namespace", "namespace"),
+            ("username", "username"),
+            ("tagTTLSeconds", "tag_ttl_seconds"),
+            ("repositories", "repositories"),
+            ("insecure", "insecure"),
+            ("egressProxy", "egress_proxy"),
+            ("anonymousFill", "anonymous_fill"),
+        ):
+            if upstream.get(src) is not None:
+                item[dst] = copy.deepcopy(upstream[src])
+        # Volumes by position: upstream names may be as long as a volume name may be.
+        password, ca = upstream.get("passwordSecret"), upstream.get("caConfigMap")
+        files = []
+        if password:
+            # The password is readable by the pod's group (fsGroup) only.
+            items = [{"key": password.get("key", "password"), "path": "password"}]
+            secret = {"secretName": password["name"], "items": items, "defaultMode": 0o440}
+            files.append(("password", "password_file", {"secret": secret}))
+        if ca:
+            items = [{"key": ca.get("key", "ca.crt"), "path": "ca.crt"}]
+            files.append(("ca", "ca_file", {"configMap": {"name": ca["name"], "items": items}}))
+        for kind, setting, source in files:
+            directory = f"{PROXY_DIR}/{i}-{kind}"
+            more = _mounted_file(f"proxy-{i}-{kind}", directory, source)
+            parts.volumes += more.volumes
+            parts.mounts += more.mounts
+            item[setting] = f"{directory}/{source_path(source)}"
+        section.append(item)
+    parts.config = {"upstreams": section}
+    for src, dst in (
+        ("fillClaimWaitSeconds", "fill_claim_wait_seconds"),
+        ("evictUnusedSeconds", "evict_unused_seconds"),
+        ("maxBytes", "max_bytes"),
+    ):
+        if proxy.get(src) is not None:
+            parts.config[dst] = proxy[src]
+    return parts
+
+
 def deep_merge(base: Obj, override: Obj) -> Obj:
     result = copy.deepcopy(base)
     for key, value in override.items():
@@ -362,6 +425,9 @@ def registry_config(spec: Obj) -> Obj:
     notifications = notification_parts(spec).config
     if notifications is not None:
         config["notifications"] = notifications
+    proxy = proxy_parts(spec).config
+    if proxy is not None:
+        config["proxy"] = proxy
     merged = deep_merge(config, spec.get("config") or {})
     # Dedicated fields win over spec.config (config_conflicts names what was overridden), and
     # what the pod's ports and lifecycle depend on is the operator's.
@@ -495,7 +561,7 @@ def pod_parts(name: str, spec: Obj) -> PodParts:
                         },
                     }
                 )
-    for files in (auth_parts(spec), notification_parts(spec)):
+    for files in (auth_parts(spec), notification_parts(spec), proxy_parts(spec)):
         volumes += files.volumes
         mounts += files.mounts
     volumes += copy.deepcopy(spec.get("extraVolumes") or [])
@@ -1224,6 +1290,7 @@ __all__ = [
     "build_service",
     "build_service_monitor",
     "notification_parts",
+    "proxy_parts",
     "registry_config",
     "validate_registry_spec",
 ]

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from .api import base, blobs, dispatch, listing, manifests, referrers, uploads
 from .api.common import EXCEPTION_HANDLERS
+from .api.mirror import MirrorRewrite
 from .auth import install as install_auth
 from .config import SETTINGS_ENV, Settings
 from .events.service import EventDelivery
@@ -117,6 +118,8 @@ def create_app(
     # The registry's routes are chosen from the path's trailing words, not by trying each one.
     dispatch.install(app.router, tracing=settings.observability.tracing)
     install_auth(app, settings)  # before observability: refused requests are logged too
+    if registry.proxy is not None:  # outside auth: policies see the prefixed name
+        app.add_middleware(MirrorRewrite, routing=registry.proxy.routing)
     if settings.observability.access_log:
         app.add_middleware(AccessLogMiddleware)
     if settings.observability.metrics:  # outermost: every request is counted

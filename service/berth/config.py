@@ -501,6 +501,154 @@ class NotificationSettings(_Section):
         return self
 
 
+class UpstreamSettings(_Section):
+    name: str = Field(
+        description="Selects the upstream by repository prefix: `/v2/NAME/library/nginx/...`. "
+        "Local repositories whose first component is NAME are refused."
+    )
+    url: str = Field(description="Base URL of the upstream registry (http or https).")
+    namespace: str | None = Field(
+        None,
+        description="Selects the upstream by containerd's `?ns=` query parameter (a mirror "
+        "request: `/v2/library/nginx/...?ns=docker.io`). Unset: the url's host "
+        "(registry-1.docker.io counts as docker.io). An upstream whose namespace is docker.io "
+        "gets Docker Hub's implicit `library/` for one-component names.",
+    )
+    username: str | None = Field(None, description="User for Basic or token auth upstream.")
+    password_file: Path | None = Field(
+        None,
+        description="File holding the upstream password (so a Secret can supply it); read at "
+        "start, trailing newline ignored.",
+    )
+    tag_ttl_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a tag (and tag list, referrers) is served without "
+        "asking the upstream again.",
+    )
+    repositories: list[str] = Field(
+        [],
+        description="Allow-list of upstream repository globs (`*` within a component, `**` "
+        "across); others are NAME_UNKNOWN. Empty: every repository.",
+    )
+    ca_file: Path | None = Field(None, description="PEM CA bundle trusted for the upstream.")
+    insecure: bool = Field(False, description="Skip TLS verification of the upstream.")
+    egress_proxy: str | None = Field(
+        None, description="HTTP(S) proxy URL for requests to this upstream (`http://host:port`)."
+    )
+    anonymous_fill: bool = Field(
+        True,
+        description="Whether anonymous callers (auth.mode none, or pull rules with "
+        "`anonymous`) may cause upstream fetches; off: they get only what is cached.",
+    )
+    connect_timeout_seconds: float = Field(10.0, gt=0, description="Upstream connect timeout.")
+    read_timeout_seconds: float = Field(
+        60.0, gt=0, description="Longest wait for upstream bytes (headers or the next chunk)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*", value):
+            raise ValueError(f"upstream name {value!r} is not a repository name component")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream url {value!r} must be http(s)://host[:port]")
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise ValueError(f"upstream url {value!r} must not have a path or query")
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @field_validator("egress_proxy")
+    @classmethod
+    def _check_proxy(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"egress_proxy {value!r} must be http(s)://host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _check_files(self) -> UpstreamSettings:
+        if self.password_file is not None:
+            try:
+                self.password_file.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(
+                    f"upstream {self.name}: password_file {self.password_file} is not "
+                    f"readable: {exc}"
+                ) from None
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise ValueError(f"upstream {self.name}: ca_file {self.ca_file} is not a file")
+        return self
+
+    @property
+    def resolved_namespace(self) -> str:
+        if self.namespace:
+            return self.namespace
+        host = urlsplit(self.url).netloc
+        return "docker.io" if host in DOCKER_HUB_HOSTS else host
+
+    def password(self) -> str | None:
+        if self.password_file is None:
+            return None
+        return self.password_file.read_text().rstrip("\r\n")
+
+
+DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "docker.io"})
+
+
+class ProxySettings(_Section):
+    upstreams: list[UpstreamSettings] = Field(
+        [],
+        description="Pull-through cache upstreams (docs/proxy.md). Each caches under its "
+        "name as a repository prefix; pushes there are refused.",
+    )
+    fill_claim_wait_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="A replica missing a blob that another replica is fetching (a claim in "
+        "storage) waits this long for it to be stored before fetching it itself; a claim "
+        "older than this is considered abandoned. 0: never wait.",
+    )
+    evict_unused_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="`berth gc` evicts cached blobs of proxied repositories that no pull used "
+        "for this long (blobs a local repository also references stay); the next pull fetches "
+        "them again. 0: no eviction by age.",
+    )
+    max_bytes: int = Field(
+        0,
+        ge=0,
+        description="`berth gc` evicts the least recently used cached blobs of proxied "
+        "repositories until they fit in this many bytes. 0: no size cap.",
+    )
+    access_record_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="A replica records that a cached blob was used (an object in storage, "
+        "written in the background) at most once per blob per this many seconds.",
+    )
+
+    @model_validator(mode="after")
+    def _check_unique(self) -> ProxySettings:
+        for what, values in (
+            ("name", [u.name for u in self.upstreams]),
+            ("namespace", [u.resolved_namespace for u in self.upstreams]),
+        ):
+            seen: set[str] = set()
+            for value in values:
+                if value in seen:
+                    raise ValueError(f"two proxy upstreams have the {what} {value!r}")
+                seen.add(value)
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BERTH_", env_nested_delimiter="__", extra="forbid"
@@ -515,6 +663,7 @@ class Settings(BaseSettings):
     maintenance: MaintenanceSettings = MaintenanceSettings()
     validation: ValidationSettings = ValidationSettings()
     notifications: NotificationSettings = NotificationSettings()
+    proxy: ProxySettings = ProxySettings()
 
     @classmethod
     def settings_customise_sources(

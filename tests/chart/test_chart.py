@@ -17,6 +17,7 @@ from berth_operator.crds import CRD_FILES, crd_text
 EXAMPLES = ROOT / "docs" / "examples"
 K8S_VERSIONS = ("1.29", "1.35")
 S3_VALUES = EXAMPLES / "helm-values-s3.yaml"
+PROXY_VALUES = EXAMPLES / "helm-values-pull-through.yaml"
 
 
 def test_lint_strict() -> None:
@@ -29,8 +30,13 @@ def test_lint_strict() -> None:
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize(
     "values",
-    [[], ["-f", str(S3_VALUES)], ["--set", "registry.enabled=true"]],
-    ids=["default", "s3-auth-autoscaling", "registry-default-spec"],
+    [
+        [],
+        ["-f", str(S3_VALUES)],
+        ["--set", "registry.enabled=true"],
+        ["-f", str(PROXY_VALUES)],
+    ],
+    ids=["default", "s3-auth-autoscaling", "registry-default-spec", "pull-through"],
 )
 def test_template_validates_against_kubernetes_schemas(values: list[str], version: str) -> None:
     """``helm template | kubernetes-validate --strict -k VERSION -``."""
@@ -118,6 +124,27 @@ def test_registry_notifications_from_values(tmp_path: Path) -> None:
         )
         key = bad.split("=")[0].split("[")[0]
         assert result.returncode != 0 and f"notifications/endpoints/0/{key}" in result.stderr, bad
+
+
+def test_pull_through_values_create_a_valid_registry() -> None:
+    docs = documents(template("-f", str(PROXY_VALUES)))
+    registry = next(d for d in docs if d["kind"] == "Registry")
+    upstreams = registry["spec"]["proxy"]["upstreams"]
+    assert [u["name"] for u in upstreams] == ["hub", "ghcr"]
+    assert upstreams[0]["passwordSecret"] == {"name": "docker-hub", "key": "password"}
+    validate_custom(registry)
+    # values.schema.json holds the CRD's rules: a bad upstream URL fails at install time.
+    bad = helm(
+        "template",
+        "berth",
+        str(CHART),
+        "--set",
+        "registry.enabled=true",
+        "--set-json",
+        'registry.spec.proxy={"upstreams":[{"name":"hub","url":"ftp://x"}]}',
+        check=False,
+    )
+    assert bad.returncode != 0 and "url" in bad.stderr, bad.stderr
 
 
 def test_watching_some_namespaces() -> None:

@@ -78,6 +78,17 @@ def test_examples_pass_the_rules(path: Path) -> None:
         ({"auth": {"mode": "token", "token": {"realm": "https://a"}}}, "auth.token needs"),
         ({"ingress": {"enabled": True}}, "ingress.host is required"),
         ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "minReplicas"),
+        (
+            {
+                "proxy": {
+                    "upstreams": [
+                        {"name": "hub", "url": "https://registry-1.docker.io"},
+                        {"name": "hub", "url": "https://ghcr.io"},
+                    ]
+                }
+            },
+            "proxy.upstreams names must be unique",
+        ),
     ],
 )
 def test_rules_reject_bad_specs(spec: dict[str, Any], message: str) -> None:

@@ -543,10 +543,32 @@ class Skopeo:
             timeout=180,
         )
 
-    def inspect_raw(self, ref: str) -> bytes:
+    def copy_fails(self, src: str, dst: str) -> str:
+        """A copy that must fail: its stderr."""
+        tls = ["--src-tls-verify=false"] if src.startswith("docker://") else []
+        proc = subprocess.run(
+            [*self._base(), "copy", "--authfile", str(self.authfile), *tls, src, dst],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            stdin=subprocess.DEVNULL,
+        )
+        assert proc.returncode != 0, f"skopeo copy {src} {dst} succeeded"
+        return proc.stderr
+
+    def inspect_raw(self, ref: str, *flags: str) -> bytes:
         tls = ["--tls-verify=false"] if ref.startswith("docker://") else []
         proc = subprocess.run(
-            [*self._base(), "inspect", "--raw", "--authfile", str(self.authfile), *tls, ref],
+            [
+                *self._base(),
+                "inspect",
+                "--raw",
+                "--authfile",
+                str(self.authfile),
+                *tls,
+                *flags,
+                ref,
+            ],
             capture_output=True,
             timeout=60,
             stdin=subprocess.DEVNULL,

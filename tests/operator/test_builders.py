@@ -20,6 +20,7 @@ from berth_operator.builders import (
     build_registry_objects,
     gc_command,
     notification_parts,
+    proxy_parts,
     registry_config,
     validate_registry_spec,
 )
@@ -101,6 +102,33 @@ SPECS: dict[str, dict[str, Any]] = {
                     "timeoutSeconds": 2.5,
                 },
                 {"name": "scanner", "url": "http://scanner:8080/", "format": "cloudevents"},
+            ],
+        },
+    },
+    "pull-through": {
+        "storage": {"driver": "s3", "s3": {"bucket": "b"}},
+        "proxy": {
+            "fillClaimWaitSeconds": 30,
+            "evictUnusedSeconds": 1209600,
+            "maxBytes": 500_000_000_000,
+            "upstreams": [
+                {
+                    "name": "hub",
+                    "url": "https://registry-1.docker.io",
+                    "username": "reader",
+                    "passwordSecret": {"name": "hub-credentials"},
+                    "tagTTLSeconds": 600,
+                    "repositories": ["library/*"],
+                },
+                {
+                    "name": "internal",
+                    "url": "https://registry.internal.example",
+                    "namespace": "internal",
+                    "passwordSecret": {"name": "internal", "key": "token"},
+                    "caConfigMap": {"name": "internal-ca"},
+                    "egressProxy": "http://proxy.example:3128",
+                    "anonymousFill": False,
+                },
             ],
         },
     },
@@ -210,6 +238,14 @@ def settings_from(config: dict[str, Any], tmp_path: Path) -> Any:
         knows_auth = False
     if not knows_auth:
         config = {k: v for k, v in config.items() if k != "auth"}
+    # Files the pod would have mounted from Secrets and ConfigMaps (read at start): here.
+    for upstream in (config.get("proxy") or {}).get("upstreams") or []:
+        for key in ("password_file", "ca_file"):
+            if key in upstream:
+                local = tmp_path / upstream[key].lstrip("/")
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_text("pw\n")
+                upstream[key] = str(local)
     # Files the pod would have mounted (Secrets, ConfigMaps) are made under tmp_path.
     text = yaml.safe_dump(config)
     for mounted in sorted(set(re.findall(r"/etc/berth/notifications/[\w./-]+", text))):
@@ -291,6 +327,64 @@ def test_notification_secrets_are_projected_files() -> None:
     config_map = next(o for o in objects if o["kind"] == "ConfigMap")
     assert "hook-token" not in config_map["data"]["config.yaml"]  # names files, never values
     assert notification_parts(defaulted_spec("Registry", {})).config is None
+
+
+def test_proxy_section_and_mounted_files(tmp_path: Path) -> None:
+    spec = defaulted_spec("Registry", SPECS["pull-through"])
+    parts = proxy_parts(spec)
+    assert parts.config == {
+        "upstreams": [
+            {
+                "name": "hub",
+                "url": "https://registry-1.docker.io",
+                "username": "reader",
+                "tag_ttl_seconds": 600,
+                "repositories": ["library/*"],
+                "password_file": "/etc/berth/proxy/0-password/password",
+            },
+            {
+                "name": "internal",
+                "url": "https://registry.internal.example",
+                "namespace": "internal",
+                "egress_proxy": "http://proxy.example:3128",
+                "anonymous_fill": False,
+                "password_file": "/etc/berth/proxy/1-password/password",
+                "ca_file": "/etc/berth/proxy/1-ca/ca.crt",
+            },
+        ],
+        "fill_claim_wait_seconds": 30,
+        "evict_unused_seconds": 1209600,
+        "max_bytes": 500_000_000_000,
+    }
+    assert [v["name"] for v in parts.volumes] == [
+        "proxy-0-password",
+        "proxy-1-password",
+        "proxy-1-ca",
+    ]
+    assert parts.volumes[1]["secret"]["items"] == [{"key": "token", "path": "password"}]
+    assert parts.volumes[2]["configMap"] == {
+        "name": "internal-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    # The registry pods and the GC jobs (which load the same config) mount them.
+    deployment = next(
+        o
+        for o in build_registry_objects(body(SPECS["pull-through"]), IMAGE)
+        if o["kind"] == "Deployment"
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"proxy-0-password", "proxy-1-ca"} <= {v["name"] for v in pod["volumes"]}
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert "/etc/berth/proxy/1-ca" in mounts
+    settings = settings_from(registry_config(spec), tmp_path)
+    assert [u.resolved_namespace for u in settings.proxy.upstreams] == ["docker.io", "internal"]
+    assert settings.proxy.upstreams[0].password() == "pw"
+    assert settings.proxy.max_bytes == 500_000_000_000  # berth gc evicts with these
+    assert proxy_parts(defaulted_spec("Registry", {})).config is None
+    duplicate = copy.deepcopy(SPECS["pull-through"])
+    duplicate["proxy"]["upstreams"][1]["name"] = "hub"
+    with pytest.raises(SpecError, match=r"proxy\.upstreams names must be unique"):
+        validate_registry_spec(defaulted_spec("Registry", duplicate))
 
 
 def test_auth_section_and_secret_files() -> None:

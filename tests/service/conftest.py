@@ -74,9 +74,13 @@ class Backend:
         settings = settings or self.settings(**storage)
         driver = create_driver(settings)
         await driver.start()
+        app = create_app(settings, driver=driver)
         try:
-            yield create_app(settings, driver=driver)
+            yield app
         finally:
+            proxy = app.state.registry.proxy  # its upstream sessions (lifespan is not run)
+            if proxy is not None:
+                await proxy.close()
             await driver.close()
 
     @contextlib.asynccontextmanager

@@ -7,7 +7,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from ..registry.digest import Digest
 from ..registry.errors import RangeInvalid
-from .common import RouteTable, origin, repository
+from .common import RouteTable, anonymous, origin, repository
 
 routes = RouteTable()
 
@@ -44,16 +44,21 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 async def get_blob(request: Request) -> Response:
     reg, name = repository(request)
     d = Digest.parse(request.path_params["digest"])
-    size = await reg.blobs.size_in(name, d)
+    head = request.method == "HEAD"
+    blob = await reg.blob(name, d, body=not head, anonymous=anonymous(request))
+    size = blob.size
     headers = {
         "Docker-Content-Digest": str(d),
         "ETag": f'"{d}"',
         "Accept-Ranges": "bytes",
         "Cache-Control": "max-age=31536000",
     }
-    if request.method == "HEAD":
+    if head:
         headers["Content-Length"] = str(size)
         return Response(status_code=200, headers=headers, media_type="application/octet-stream")
+    if blob.live is not None:  # a pull-through fill in progress: its body, as it arrives
+        headers["Content-Length"] = str(size)
+        return StreamingResponse(blob.live, headers=headers, media_type="application/octet-stream")
 
     storage = reg.settings.storage
     if storage.redirect:

@@ -31,7 +31,7 @@ def repository(request: Request, *, write: bool = False) -> tuple[Registry, str]
     reg = registry(request)
     name = reg.name(request.path_params["name"])
     if write:
-        reg.check_writable()
+        reg.check_push(name)
     return reg, name
 
 
@@ -54,6 +54,12 @@ def origin(request: Request) -> Origin | None:
         useragent=headers.get("user-agent", "")[:512],
         base_url=base.rstrip("/"),
     )
+
+
+def anonymous(request: Request) -> bool:
+    """Whether the caller is not logged in (the auth middleware's decision; none: anonymous)."""
+    identity = request.scope.get("state", {}).get("identity")
+    return identity is None or bool(identity.anonymous)
 
 
 def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:

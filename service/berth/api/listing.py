@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..registry.catalog import paginate
 from ..registry.errors import PaginationInvalid
-from .common import RouteTable, registry, repository
+from .common import RouteTable, anonymous, registry, repository
 
 routes = RouteTable()
 
@@ -39,7 +39,7 @@ def _page(
 @routes.route("/v2/{name:path}/tags/list", ["GET", "HEAD"])
 async def list_tags(request: Request) -> Response:
     reg, name = repository(request)
-    tags = await reg.tags.all(name)
+    tags = await reg.tag_list(name, anonymous=anonymous(request))
     return _page(request, f"/v2/{name}/tags/list", tags, "tags", {"name": name})
 
 

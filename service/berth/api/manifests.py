@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from ..registry import mediatypes as mt
 from ..registry.errors import ManifestTooLarge, ManifestUnknown
 from ..registry.names import is_digest_reference
-from .common import RouteTable, content_length, location, origin, repository
+from .common import RouteTable, anonymous, content_length, location, origin, repository
 
 routes = RouteTable()
 
@@ -41,7 +41,7 @@ def _check_accept(request: Request, media_type: str, reference: str) -> None:
 async def get_manifest(request: Request) -> Response:
     reg, name = repository(request)
     reference = request.path_params["reference"]
-    stored = await reg.manifests.get(name, reference)
+    stored = await reg.manifest(name, reference, anonymous=anonymous(request))
     _check_accept(request, stored.media_type, reference)
     if request.method == "GET" and reg.events is not None:
         await reg.manifests.pulled(name, reference, stored, origin(request))

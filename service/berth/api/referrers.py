@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from ..registry import mediatypes as mt
 from ..registry.digest import Digest
-from .common import RouteTable, repository
+from .common import RouteTable, anonymous, repository
 
 routes = RouteTable()
 
@@ -20,7 +20,7 @@ async def list_referrers(request: Request) -> Response:
     digest = request.path_params["digest"]
     subject = Digest.parse(digest)
     artifact_type = request.query_params.get("artifactType")
-    descriptors = await reg.referrers.find(name, subject, artifact_type)
+    descriptors = await reg.referrers_of(name, subject, artifact_type, anonymous=anonymous(request))
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
     index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": descriptors}
     # ensure_ascii: manifest strings may hold lone surrogates (valid JSON escapes, not UTF-8).

@@ -11,6 +11,7 @@ from ..config import NotificationSettings, Settings
 from ..events.recorder import build_recorder
 from ..registry.notify import Notifier
 from ..storage.driver import StorageDriver
+from .evict import EvictionPolicy
 from .report import Progress, print_summary
 from .run import GCOptions, LeaseHeld, collect_garbage
 
@@ -81,6 +82,7 @@ def options_from(args: argparse.Namespace, settings: Settings) -> GCOptions:
         upload_purge_age=purge_age,
         purge_uploads=not args.no_purge_uploads,
         concurrency=max(1, args.concurrency),
+        eviction=EvictionPolicy.from_settings(settings.proxy),
     )
 
 

@@ -53,6 +53,7 @@ class MarkResult:
     tags: dict[str, dict[str, Digest]] = field(default_factory=dict)
     manifests_read: int = 0
     unreadable: list[Unreadable] = field(default_factory=list)
+    evicted: set[Digest] = field(default_factory=set)  # cache blobs left unmarked on purpose
 
     @property
     def unreadable_repositories(self) -> set[str]:
@@ -69,7 +70,13 @@ class Marker:
         cutoff: float,
         concurrency: int = 32,
         on_read: Callable[[int], None] | None = None,
+        proxied: Callable[[str], bool] | None = None,
+        evict: Callable[[set[Digest]], set[Digest]] | None = None,
     ) -> None:
+        """``proxied``/``evict``: pull-through eviction (evict.py): of the blobs only proxied
+        repositories reference, ``evict`` chooses those left unmarked."""
+        self.proxied = proxied
+        self.evict = evict
         self.driver = driver
         self.inv = inventory
         self.delete_untagged = delete_untagged
@@ -173,15 +180,22 @@ class Marker:
         self.result.unreadable += sorted(self.bad_tags, key=str)
 
         marked = self.result.marked
-        for kept in self.result.kept.values():
+        cache: set[Digest] = set()  # blobs of proxied repositories: evictable
+        for repo, kept in self.result.kept.items():
+            proxied = self.evict is not None and self.proxied is not None and self.proxied(repo)
             for digest in kept:
                 marked.add(digest)
                 m = self.manifests.get(digest)
                 if m is None:
                     continue
-                marked.update(d.digest for d in m.blob_references())
-                marked.update(d.digest for d in m.layers)  # foreign layers too, if stored
+                blobs = {d.digest for d in m.blob_references()}
+                blobs.update(d.digest for d in m.layers)  # foreign layers too, if stored
+                (cache if proxied else marked).update(blobs)
                 marked.update(d.digest for d in m.manifests)
+        if self.evict is not None:
+            candidates = cache - marked
+            self.result.evicted = self.evict(candidates)
+            marked.update(candidates - self.result.evicted)
         return self.result
 
     async def _closure(

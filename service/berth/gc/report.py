@@ -24,6 +24,8 @@ class Report:
     repositories: int = 0
     blobs_total: int = 0
     blobs_marked: int = 0
+    # Pull-through cache blobs the eviction policy left unmarked (removed unless in use).
+    blobs_evictable: int = 0
     blobs_deleted: int = 0
     bytes_deleted: int = 0
     manifests_deleted: int = 0

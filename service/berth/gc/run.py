@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..registry.digest import Digest
 from ..registry.notify import Notifier
 from ..storage.driver import StorageDriver
+from .evict import EvictionPolicy, last_access
 from .inventory import LAYER, REVISION, take_inventory
 from .lease import Lease
 from .mark import Marker
@@ -41,6 +42,7 @@ class GCOptions:
     concurrency: int = 16
     use_lease: bool = True
     lease_settle: float = 1.0
+    eviction: EvictionPolicy | None = None  # pull-through cache eviction (evict.py)
 
 
 async def collect_garbage(
@@ -87,6 +89,15 @@ async def collect_garbage(
         if phase_hook:
             await phase_hook("listed")
         progress.start("marking")
+        policy = options.eviction
+        evict = None
+        if policy is not None:
+            access = await last_access(driver)
+
+            def evict(candidates: set[Digest]) -> set[Digest]:
+                assert policy is not None
+                return policy.choose(candidates, inv, access, now)
+
         marker = Marker(
             driver,
             inv,
@@ -94,9 +105,12 @@ async def collect_garbage(
             cutoff=cutoff,
             concurrency=options.concurrency * 2,
             on_read=progress.advance,
+            proxied=policy.proxied if policy is not None else None,
+            evict=evict,
         )
         mark = await marker.run()
         report.manifests_read = mark.manifests_read
+        report.blobs_evictable = len(mark.evicted)
         report.blobs_marked = sum(
             1 for d in mark.marked if d in inv.blobs and inv.blobs[d].data is not None
         )

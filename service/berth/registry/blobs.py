@@ -122,7 +122,7 @@ class BlobStore:
             return recent
         known: int | None = None
         if not touch_absent:
-            known = await self._fresh_size(digest)
+            known = await self.fresh_size(digest)
             if known is None:
                 self.forget(digest)
                 return None
@@ -136,7 +136,7 @@ class BlobStore:
                 size = known if paths.BLOB_DATA in names else None
             else:
                 names, size = await asyncio.gather(
-                    self._list_blob_dir(digest), self._fresh_size(digest)
+                    self._list_blob_dir(digest), self.fresh_size(digest)
                 )
             if not await self._gc_in_progress(digest, names, paths.blob_touch(digest)):
                 if size is None:
@@ -159,7 +159,7 @@ class BlobStore:
         except PathNotFound:
             return []
 
-    async def _fresh_size(self, digest: Digest) -> int | None:
+    async def fresh_size(self, digest: Digest) -> int | None:
         try:
             return (await self.driver.stat(paths.blob_data(digest))).size
         except PathNotFound:

@@ -124,3 +124,27 @@ class ManifestTooLarge(RegistryError):
     code = "MANIFEST_INVALID"
     status = 413
     default_message = "manifest exceeds the size limit"
+
+
+class UpstreamInvalid(RegistryError):
+    """A pull-through upstream answered something unusable (wrong digest, truncated body, a
+    manifest that does not parse, an unexpected status); nothing of it was stored."""
+
+    code = "UNKNOWN"
+    status = 502
+    default_message = "the upstream registry answered something unusable"
+
+
+class UpstreamUnavailable(RegistryError):
+    """A pull-through upstream cannot be reached, fails, or rate-limits us, and the content
+    was never cached."""
+
+    code = "UNAVAILABLE"
+    status = 503
+    default_message = "the upstream registry is unavailable"
+
+
+class UpstreamTimeout(RegistryError):
+    code = "UNAVAILABLE"
+    status = 504
+    default_message = "the upstream registry did not answer in time"

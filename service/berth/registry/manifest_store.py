@@ -110,12 +110,17 @@ class ManifestStore:
         content_type: str | None,
         tags: Iterable[str] = (),
         origin: Origin | None = None,
+        *,
+        mirrored: bool = False,
     ) -> tuple[StoredManifest, list[str]]:
         """Store a manifest; returns it and the tags created from ``tags``.
 
         ``tags`` are the spec's ``tag`` query parameters: honoured for a push by digest (each
         validated before anything is written), ignored for a push by tag, where the spec gives
         them no meaning (no ``OCI-Tag`` header then tells the client to push them itself).
+
+        ``mirrored``: a manifest copied from a pull-through upstream, whose blobs and children
+        arrive later (when pulled), so its references are not required to be present.
         """
         ref = parse_reference(reference)
         extra = validate_tags(tags) if isinstance(ref, Digest) else []
@@ -125,7 +130,8 @@ class ManifestStore:
         if isinstance(ref, Digest) and ref != digest:
             raise DigestInvalid(f"manifest digest is {digest}, not {ref}")
         manifest = parse_manifest(body, content_type)
-        await self._verify_references(name, manifest)
+        if not mirrored:
+            await self._verify_references(name, manifest)
 
         # Content first, then the links that make it visible: a crash in between leaves only
         # unreferenced content for garbage collection, never a link to nothing.

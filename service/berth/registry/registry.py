@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..config import Settings
 from ..events.model import Origin
 from ..events.recorder import Recorder, build_recorder
+from ..proxy.blobs import BlobAnswer
+from ..proxy.cache import PullThroughCache
+from ..proxy.routing import Route
 from ..storage.driver import StorageDriver
 from . import catalog
 from .blobs import BlobStore
 from .digest import Digest
 from .errors import RegistryError, Unsupported
 from .freshness import Generation
-from .manifest_store import ManifestStore
+from .manifest_store import ManifestStore, StoredManifest
 from .names import validate_name
 from .notify import Notifier
 from .referrers import Referrers
@@ -50,11 +55,28 @@ class Registry:
         )
         self.uploads = Uploads(driver, self.blobs, events=self.events)
         self.referrers = Referrers(driver, self.manifests, settings.cache.blob_descriptors)
+        self.proxy: PullThroughCache | None = None
+        if settings.proxy.upstreams:
+            self.proxy = PullThroughCache(
+                settings.proxy,
+                blobs=self.blobs,
+                manifests=self.manifests,
+                tags=self.tags,
+                uploads=self.uploads,
+                referrers=self.referrers,
+                max_manifest_bytes=settings.limits.max_manifest_bytes,
+            )
 
     # Guards shared by every write path.
     def check_writable(self) -> None:
         if self.settings.storage.read_only:
             raise Unsupported("the registry is in read-only mode")
+
+    def check_push(self, name: str) -> None:
+        """Writes into a repository: refused when read-only, or in a proxied namespace."""
+        self.check_writable()
+        if self.proxy is not None:
+            self.proxy.check_push(name)
 
     def check_delete(self) -> None:
         self.check_writable()
@@ -89,8 +111,49 @@ class Registry:
             await self.events.blob("mount", name, digest, size, origin or Origin(), source)
         return True
 
+    def _proxied(self, name: str) -> tuple[PullThroughCache, Route] | None:
+        if self.proxy is None:
+            return None
+        route = self.proxy.route(name)
+        return None if route is None else (self.proxy, route)
+
+    # Reads: a proxied repository's go through the pull-through cache, the rest to storage.
+    # ``anonymous``: whether the caller is not logged in (who may cause upstream fetches).
+    async def manifest(self, name: str, reference: str, *, anonymous: bool) -> StoredManifest:
+        routed = self._proxied(name)
+        if routed is None:
+            return await self.manifests.get(name, reference)
+        proxy, route = routed
+        return await proxy.manifest(route, name, reference, anonymous=anonymous)
+
+    async def blob(self, name: str, digest: Digest, *, body: bool, anonymous: bool) -> BlobAnswer:
+        """A blob's size, and its live body while a pull-through fill streams it."""
+        routed = self._proxied(name)
+        if routed is None:
+            return BlobAnswer(await self.blobs.size_in(name, digest))
+        proxy, route = routed
+        return await proxy.blob(route, name, digest, body=body, anonymous=anonymous)
+
+    async def tag_list(self, name: str, *, anonymous: bool) -> list[str]:
+        routed = self._proxied(name)
+        if routed is None:
+            return await self.tags.all(name)
+        proxy, route = routed
+        return await proxy.tags(route, name, anonymous=anonymous)
+
+    async def referrers_of(
+        self, name: str, subject: Digest, artifact_type: str | None, *, anonymous: bool
+    ) -> list[dict[str, Any]]:
+        routed = self._proxied(name)
+        if routed is None:
+            return await self.referrers.find(name, subject, artifact_type)
+        proxy, route = routed
+        return await proxy.referrers(route, name, subject, artifact_type, anonymous=anonymous)
+
     async def catalog(self) -> list[str]:
         return await catalog.repositories(self.driver)
 
     async def close(self) -> None:
+        if self.proxy is not None:
+            await self.proxy.close()
         await self.driver.close()

@@ -85,7 +85,7 @@ class Uploads:
 
     async def _stored_size(self, name: str, upload_id: str) -> int:
         """What has reached storage (opening a writer reads it without writing anything)."""
-        writer = await self._open(name, upload_id)
+        writer = await self.open_data(name, upload_id)
         await writer.close()
         return writer.size
 
@@ -93,11 +93,11 @@ class Uploads:
         """``_require`` and ``_open`` at once: independent reads (of a validated id)."""
         validate_upload_id(upload_id)
         _, writer = await asyncio.gather(
-            self._require(name, upload_id), self._open(name, upload_id)
+            self._require(name, upload_id), self.open_data(name, upload_id)
         )
         return writer
 
-    async def _open(self, name: str, upload_id: str) -> FileWriter:
+    async def open_data(self, name: str, upload_id: str) -> FileWriter:
         """The session's data. Exclusive once written to: a concurrent chunk for the same
         session gets WriterBusy from ``write`` or ``close``, never interleaved bytes."""
         return await self.driver.writer(paths.upload_data(name, upload_id), append=True)
@@ -126,7 +126,7 @@ class Uploads:
             and content_range[1] - content_range[0] + 1 != content_length
         ):
             raise SizeInvalid("Content-Length does not match Content-Range")
-        writer = await self._open(name, upload_id)
+        writer = await self.open_data(name, upload_id)
         try:
             start = writer.size
             if content_range is not None and content_range[0] != start:
@@ -175,10 +175,9 @@ class Uploads:
             body = _once(data)
         if body is not None:
             await self.append(name, upload_id, body, content_range, content_length)
-            writer = await self._open(name, upload_id)
+            writer = await self.open_data(name, upload_id)
         else:
             writer = await self._open_session(name, upload_id)
-        data_key = paths.upload_data(name, upload_id)
         held = writer.held() if writer.size <= SMALL_BLOB else None
         if held is not None:
             # A small session whose bytes the writer holds (S3: in its state object): stored
@@ -203,6 +202,14 @@ class Uploads:
                 await writer.cancel()
             await self.cancel(name, upload_id)
             raise
+        return await self._pushed(
+            name, digest, await self.adopt(name, upload_id, digest, size), origin
+        )
+
+    async def adopt(self, name: str, upload_id: str, digest: Digest, size: int) -> int:
+        """Make the session's committed, verified ``data`` the blob ``digest`` and link it into
+        ``name``; the session is gone afterwards. Returns the size."""
+        data_key = paths.upload_data(name, upload_id)
         # reserve(), not the cached exists(): the blob may have just been garbage-collected.
         if await self.blobs.reserve(digest, touch_absent=True) is not None:
             await self.driver.delete(data_key)
@@ -228,7 +235,7 @@ class Uploads:
                 raise BlobUploadInvalid("a chunk for this upload arrived while it was completing")
         await self.blobs.link(name, digest)
         await self.driver.delete_tree(paths.upload_dir(name, upload_id))
-        return await self._pushed(name, digest, size, origin)
+        return size
 
     async def cancel(self, name: str, upload_id: str) -> None:
         await self._require(name, upload_id)

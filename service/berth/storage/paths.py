@@ -157,3 +157,16 @@ def dead_letters(endpoint: str) -> str:
 
 def dead_letter(endpoint: str, event_id: str) -> str:
     return f"{dead_letters(endpoint)}/{event_id}"
+
+
+ACCESS_ROOT = f"{BERTH_STATE}/access"
+
+
+def blob_access(digest: Digest) -> str:
+    """Rewritten (its modification time is what counts) when a proxied blob is used."""
+    return f"{ACCESS_ROOT}/{digest.algorithm}/{digest.hex}"
+
+
+def fill_claim(digest: Digest) -> str:
+    """Held (created exclusively) by the replica fetching a blob from a pull-through upstream."""
+    return f"{BERTH_STATE}/fills/{digest.algorithm}/{digest.hex}"
