@@ -22,7 +22,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from berth.cli import main
-from berth.config import NotificationSettings
+from berth.config import NotificationSettings, Settings
 from berth.events import signing
 from berth.events.formats import cloudevent
 from berth.events.journal import batch_keys
@@ -51,11 +51,15 @@ def endpoint(receiver: Receiver, name: str = "hook", **extra: Any) -> dict[str, 
 
 @contextlib.asynccontextmanager
 async def serving(
-    backend: Backend, endpoints: list[dict[str, Any]], **notifications: Any
+    backend: Backend,
+    endpoints: list[dict[str, Any]],
+    settings: Settings | None = None,
+    **notifications: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An app with events on, and its delivery loops running (ASGITransport runs no lifespan,
-    so they are started here as the lifespan starts them)."""
-    settings = backend.settings(redirect=False)
+    so they are started here as the lifespan starts them). ``settings``: the rest of the
+    configuration (default: the backend's, without redirects)."""
+    settings = settings or backend.settings(redirect=False)
     settings.notifications = NotificationSettings(
         endpoints=endpoints, **{"poll_seconds": 0.1, **notifications}
     )

@@ -532,3 +532,43 @@ async def test_gc_evicts_cache_blobs_by_policy_and_pulls_refill_them(
             assert _upstream_requests(env.counting, "GET", f"/blobs/{cached_d}") == 1
             r = await mirror.get(f"/v2/local/app/blobs/{shared_d}")
             assert r.status_code == 200 and r.content == shared
+
+
+async def test_fills_are_events(env: ProxyEnv, storage: StorageDriver) -> None:
+    """What the cache fetches is recorded as `fill` (issue 13's action): the manifest by its
+    tag, each blob once, actor `proxy` and the upstream's host; cache hits record nothing."""
+    from event_receiver import Receiver
+
+    from .test_events import endpoint, events_of, serving
+
+    repo = _repo()
+    digest, manifest = env.push_image(repo, "v1", [b"filled layer"])
+    blobs = [d["digest"] for d in [json.loads(manifest)["config"], *json.loads(manifest)["layers"]]]
+    receiver = Receiver().start()
+    try:
+        hook = endpoint(receiver, actions=["fill"])
+        async with serving(env.backend, [hook], settings=env.settings()) as c:
+            accept = {"Accept": upstreams.OCI_MANIFEST}
+            for _ in range(2):  # the second round is served from the cache
+                assert (
+                    await c.get(f"/v2/up/{repo}/manifests/v1", headers=accept)
+                ).status_code == 200
+                for blob in blobs:
+                    assert (await c.get(f"/v2/up/{repo}/blobs/{blob}")).status_code == 200
+            await receiver.until(1 + len(blobs))
+        events = events_of(receiver)
+    finally:
+        receiver.close()
+    assert {e["action"] for e in events} == {"fill"}
+    manifest_events = [e for e in events if e["target"]["mediaType"] == upstreams.OCI_MANIFEST]
+    assert [(e["target"]["digest"], e["target"]["tag"]) for e in manifest_events] == [
+        (digest, "v1")
+    ]
+    assert sorted(e["target"]["digest"] for e in events if e not in manifest_events) == sorted(
+        blobs
+    )
+    for e in events:
+        assert e["target"]["repository"] == f"up/{repo}"
+        assert e["actor"]["name"] == "proxy"
+        assert e["request"]["host"] == env.counting.endpoint.split("://", 1)[1]
+    assert len(events) == 1 + len(blobs)  # nothing for the cache hits

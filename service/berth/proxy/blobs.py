@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..registry.blobs import BlobStore
 from ..registry.digest import Digest
 from ..registry.errors import BlobUnknown
+from ..registry.notify import Notifier
 from ..registry.uploads import Uploads
 from .client import UpstreamClient
 from .fill import Fills
@@ -26,9 +27,15 @@ class BlobAnswer:
 
 
 class BlobMirror:
-    def __init__(self, blobs: BlobStore, uploads: Uploads, claim_wait: float = 0.0) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        uploads: Uploads,
+        claim_wait: float = 0.0,
+        events: Notifier | None = None,
+    ) -> None:
         self.blobs = blobs
-        self.fills = Fills(uploads, claim_wait)
+        self.fills = Fills(uploads, claim_wait, events)
 
     async def get(
         self,

@@ -11,6 +11,7 @@ from ..registry.blobs import BlobStore
 from ..registry.digest import Digest
 from ..registry.errors import Unsupported
 from ..registry.manifest_store import ManifestStore, StoredManifest
+from ..registry.notify import Notifier
 from ..registry.referrers import Referrers
 from ..registry.tags import Tags
 from ..registry.uploads import Uploads
@@ -33,12 +34,14 @@ class PullThroughCache:
         uploads: Uploads,
         referrers: Referrers,
         max_manifest_bytes: int,
+        events: Notifier | None = None,
     ) -> None:
+        """``events``: where what this replica fetches from an upstream is recorded (``fill``)."""
         self.routing = Routing(settings.upstreams)
         self.clients = {u.name: UpstreamClient(u, max_manifest_bytes) for u in settings.upstreams}
-        self._manifests = ManifestMirror(manifests)
+        self._manifests = ManifestMirror(manifests, events)
         self.access = AccessRecorder(blobs.driver, settings.access_record_seconds)
-        self._blobs = BlobMirror(blobs, uploads, settings.fill_claim_wait_seconds)
+        self._blobs = BlobMirror(blobs, uploads, settings.fill_claim_wait_seconds, events)
         self._listings = ListingMirror(tags, referrers)
 
     def route(self, name: str) -> Route | None:

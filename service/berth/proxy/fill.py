@@ -19,10 +19,12 @@ import aiohttp
 
 from ..registry.digest import Digest
 from ..registry.errors import BlobUnknown, UpstreamInvalid
+from ..registry.notify import Notifier
 from ..registry.uploads import Uploads
 from ..storage import paths
 from ..storage.driver import AlreadyExists, FileWriter, PathNotFound
 from .client import UpstreamClient
+from .events import fill_origin
 from .metrics import UPSTREAM_BYTES
 
 log = logging.getLogger("berth.proxy")
@@ -46,8 +48,10 @@ class Fill:
         *,
         live: bool,
         claim_wait: float = 0.0,
+        events: Notifier | None = None,
     ) -> None:
         self.client = client
+        self.events = events
         self.uploads = uploads
         self.claim_wait = claim_wait
         self._claim = paths.fill_claim(digest)
@@ -89,6 +93,9 @@ class Fill:
                     raise
             size = await self.uploads.adopt(self.name, session.upload_id, self.digest, size)
             log.info("upstream %s: stored %s (%d bytes)", self.client.name, self.what, size)
+            if self.events is not None:  # this replica fetched it (not a wait on another's)
+                origin = fill_origin(self.client.settings)
+                await self.events.blob("fill", self.name, self.digest, size, origin)
             return size
         except BaseException as exc:
             if not self.headers.done():
@@ -227,10 +234,13 @@ class Fill:
 class Fills:
     """The fills running in this process, by digest."""
 
-    def __init__(self, uploads: Uploads, claim_wait: float = 0.0) -> None:
+    def __init__(
+        self, uploads: Uploads, claim_wait: float = 0.0, events: Notifier | None = None
+    ) -> None:
         self._running: dict[Digest, Fill] = {}
         self.uploads = uploads
         self.claim_wait = claim_wait
+        self.events = events
 
     def running(self, digest: Digest) -> Fill | None:
         return self._running.get(digest)
@@ -243,7 +253,14 @@ class Fills:
         if fill is not None:
             return fill
         fill = Fill(
-            client, self.uploads, name, remote, digest, live=live, claim_wait=self.claim_wait
+            client,
+            self.uploads,
+            name,
+            remote,
+            digest,
+            live=live,
+            claim_wait=self.claim_wait,
+            events=self.events,
         )
         self._running[digest] = fill
 

@@ -21,10 +21,12 @@ from ..registry.errors import (
     UpstreamUnavailable,
 )
 from ..registry.manifest_store import ManifestStore, StoredManifest
-from ..registry.names import lookup_reference
+from ..registry.names import is_digest_reference, lookup_reference
+from ..registry.notify import Notifier
 from ..storage import paths
 from ..storage.driver import PathNotFound
 from .client import FetchedManifest, UpstreamClient
+from .events import fill_origin
 from .metrics import HITS, MISSES, STALE
 from .routing import Route
 from .singleflight import SingleFlight
@@ -43,8 +45,9 @@ def fill_refused(route: Route) -> Denied:
 
 
 class ManifestMirror:
-    def __init__(self, store: ManifestStore) -> None:
+    def __init__(self, store: ManifestStore, events: Notifier | None = None) -> None:
         self.store = store
+        self.events = events
         self._flights: SingleFlight[tuple[str, str], StoredManifest] = SingleFlight()
 
     async def get(
@@ -150,6 +153,17 @@ class ManifestMirror:
                 ),
             ) from None
         log.info("upstream %s: stored manifest %s:%s", route.label, name, reference)
+        if self.events is not None:
+            tags = [] if is_digest_reference(reference) else [reference]
+            await self.events.manifest(
+                "fill",
+                name,
+                stored.digest,
+                len(stored.body),
+                stored.manifest,
+                tags,
+                fill_origin(route.upstream),
+            )
         return stored
 
 

@@ -65,6 +65,7 @@ class Registry:
                 uploads=self.uploads,
                 referrers=self.referrers,
                 max_manifest_bytes=settings.limits.max_manifest_bytes,
+                events=self.events,
             )
 
     # Guards shared by every write path.
