@@ -16,6 +16,7 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 
 from berth.app import create_app
 from berth.config import Settings
@@ -105,22 +106,16 @@ async def test_a_manifest_put_within_the_window_writes_no_touch(backend: Backend
         assert (await c.get("/v2/app/manifests/v2")).status_code == 200
 
 
-async def test_without_reuse_every_write_reserves(backend: Backend) -> None:
-    async with _replica(backend, reuse=0) as (c, driver):
-        _digest, body = await push_image(c, "app", "v1", seed=b"noreuse")
+@pytest.mark.parametrize(
+    ("reuse", "wait"), [(0.0, 0.0), (0.3, 0.4)], ids=["reuse off", "window over"]
+)
+async def test_otherwise_every_write_reserves(backend: Backend, reuse: float, wait: float) -> None:
+    """With reuse off, or once the window is over, each referenced blob is reserved again."""
+    async with _replica(backend, reuse=reuse) as (c, driver):
+        _digest, body = await push_image(c, "app", "v1", seed=b"again")
+        await asyncio.sleep(wait)
         driver.reset()
         r = await _put_manifest(c, "app", "v2", _retagged(body, "second"))
-        assert r.status_code == 201, r.text
-        touched = [k for k in driver.written if k.endswith("/touch")]
-        assert len(touched) == len(manifest_blobs(body)), driver.written
-
-
-async def test_the_window_ends(backend: Backend) -> None:
-    async with _replica(backend, reuse=0.3) as (c, driver):
-        _digest, body = await push_image(c, "app", "v1", seed=b"window")
-        await asyncio.sleep(0.4)
-        driver.reset()
-        r = await _put_manifest(c, "app", "v2", _retagged(body, "later"))
         assert r.status_code == 201, r.text
         touched = [k for k in driver.written if k.endswith("/touch")]
         assert len(touched) == len(manifest_blobs(body)), driver.written
