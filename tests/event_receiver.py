@@ -3,16 +3,19 @@ both async service tests and sync e2e tests (a `berth serve` process) can post t
 
 It records every request (headers and JSON body), and can be told to refuse (HTTP 503), to
 hang (hold each request open until ``release``), or be stopped and started again on the same
-port (a receiver that is down refuses connections).
+port (a receiver that is down refuses connections). With ``tls`` (certificate and key files)
+it serves https.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -29,7 +32,8 @@ class Received:
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        self.tls = tls
         self.mode = "ok"  # ok | refuse | hang
         self.received: list[Received] = []
         self.hanging = 0  # requests held open right now
@@ -43,7 +47,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hook"
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
@@ -69,7 +73,13 @@ class Receiver:
         app.router.add_post("/hook", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*self.tls)
+        site = web.TCPSite(
+            self._runner, "127.0.0.1", self.port, reuse_address=True, ssl_context=context
+        )
         await site.start()
         if not self.port:
             server = site._server

@@ -3,54 +3,17 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import ssl
 import time
 from pathlib import Path
 
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from berth.auth.htpasswd import set_user
+from tls_certs import write_cert
 
 from .conftest import BerthFactory
-
-
-def _write_cert(directory: Path, serial: int) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "tls.crt", directory / "tls.key"
-    tmp_cert, tmp_key = directory / ".tls.crt", directory / ".tls.key"
-    tmp_key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    tmp_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    tmp_key.replace(key_file)
-    tmp_cert.replace(cert_file)
-    return cert_file, key_file
 
 
 def _served_serial(port: int) -> int:
@@ -59,7 +22,7 @@ def _served_serial(port: int) -> int:
 
 
 def test_tls_with_reload_and_basic_auth(tmp_path: Path, berth_factory: BerthFactory) -> None:
-    cert_file, key_file = _write_cert(tmp_path, serial=1001)
+    cert_file, key_file = write_cert(tmp_path, serial=1001)
     htpasswd = tmp_path / "htpasswd"
     set_user(htpasswd, "alice", "alice-tls-pw", cost=4)
     server = berth_factory.start(
@@ -91,7 +54,7 @@ def test_tls_with_reload_and_basic_auth(tmp_path: Path, berth_factory: BerthFact
             pass
         assert _served_serial(server.port) == 1001
 
-        new_cert, _ = _write_cert(tmp_path, serial=2002)
+        new_cert, _ = write_cert(tmp_path, serial=2002)
         deadline = time.monotonic() + 15
         while _served_serial(server.port) != 2002:
             assert time.monotonic() < deadline, "the new certificate was not picked up"

@@ -31,6 +31,7 @@ from berth.events.service import EventDelivery
 from berth.storage import paths
 from berth.storage.driver import PathNotFound, StorageDriver
 from event_receiver import Receiver
+from tls_certs import write_cert
 
 from .conftest import Backend, push_blob, push_image, sha256
 
@@ -642,3 +643,24 @@ async def test_berth_events_lists_pending_and_dead_letters_and_replays_them(
     events = events_of(receiver)
     assert [e["target"]["digest"] for e in events] == [waiting, refused]
     assert events[1]["id"] == listed[1]["event"]["id"]  # the same event, deduplicable
+
+
+async def test_an_https_receiver_with_a_private_ca(
+    storage_root: Path, backend: Backend, tmp_path: Path
+) -> None:
+    """``ca_file`` makes a receiver whose certificate no public CA signed reachable; without
+    it, delivery refuses that certificate (and keeps the event pending)."""
+    cert, key = write_cert(tmp_path, serial=7)
+    receiver = Receiver(tls=(cert, key)).start()
+    try:
+        trusted = endpoint(receiver, name="trusted", ca_file=str(cert))
+        untrusted = endpoint(receiver, name="untrusted", max_attempts=100)
+        async with serving(backend, [trusted, untrusted]) as client:
+            digest = await push_blob(client, "app", b"over tls")
+            await receiver.until(1)
+            await asyncio.sleep(0.5)  # a few attempts of the untrusted endpoint
+        assert [e["target"]["digest"] for e in events_of(receiver)] == [digest]
+        assert metric("berth_events_delivered_total", "untrusted") == 0
+        assert metric("berth_events_failed_total", "untrusted") >= 1
+    finally:
+        receiver.close()
