@@ -119,14 +119,15 @@ class Uploads:
         content_length: int | None = None,
     ) -> UploadStatus:
         """Append a chunk. With ``content_range`` its start must be the current offset."""
-        await self._require(name, upload_id)
         if (
             content_range is not None
             and content_length is not None
             and content_range[1] - content_range[0] + 1 != content_length
         ):
+            validate_upload_id(upload_id)
+            await self._require(name, upload_id)  # an unknown session is the answer first
             raise SizeInvalid("Content-Length does not match Content-Range")
-        writer = await self.open_data(name, upload_id)
+        writer = await self._open_session(name, upload_id)
         try:
             start = writer.size
             if content_range is not None and content_range[0] != start:
@@ -310,11 +311,13 @@ class Uploads:
         self, name: str, upload_id: str, algorithm: str, offset: int
     ) -> Hasher | None:
         """The hasher saved at exactly ``offset``, without reading any data; else None."""
+        if offset == 0:
+            return new_hasher(algorithm)  # nothing hashed yet: no state to read
         key = paths.upload_hashstate(name, upload_id, algorithm, offset)
         try:
             return restore_hasher(algorithm, await self.driver.get(key))
         except PathNotFound:
-            return None if offset else new_hasher(algorithm)
+            return None
 
     async def _resume_hasher(
         self, name: str, upload_id: str, algorithm: str, offset: int
@@ -350,12 +353,17 @@ class Uploads:
         state = hasher.state()
         if state is None or new_offset == old_offset:
             return
-        await self.driver.put(
-            paths.upload_hashstate(name, upload_id, hasher.algorithm, new_offset), state
-        )
-        await self.driver.delete(
-            paths.upload_hashstate(name, upload_id, hasher.algorithm, old_offset)
-        )
+        # The old state is of no use once the offset moved on (only a state at exactly the
+        # offset is ever read), so both go at once; at offset 0 none was saved.
+        writes = [
+            self.driver.put(
+                paths.upload_hashstate(name, upload_id, hasher.algorithm, new_offset), state
+            )
+        ]
+        if old_offset:
+            old = paths.upload_hashstate(name, upload_id, hasher.algorithm, old_offset)
+            writes.append(self.driver.delete(old))
+        await asyncio.gather(*writes)
 
 
 async def _exactly(body: AsyncIterable[bytes], length: int) -> AsyncIterator[bytes]:
