@@ -101,7 +101,10 @@ class Registry:
                 validate_name(source)
             except RegistryError:
                 return False
-            if not await self.blobs.is_linked(source, digest, fresh=True):
+            # Whether the source may serve the blob is a read, trusted within the staleness
+            # bound as every read is (a client mounts what it just saw there); what the mount
+            # relies on, the blob itself, is reserved below.
+            if not await self.blobs.is_linked(source, digest):
                 return False
         # reserve(), not the cached exists(): fresh, and safe against a concurrent GC.
         size = await self.blobs.reserve(digest)
