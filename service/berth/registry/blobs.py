@@ -179,10 +179,12 @@ class BlobStore:
 
     async def is_linked(self, name: str, digest: Digest, *, fresh: bool = False) -> bool:
         """Whether the repository may serve this blob (a layer link, or a manifest revision)."""
-        for key in (paths.layer_link(name, digest), paths.revision_link(name, digest)):
-            if await self.has_link(key, fresh=fresh):
-                return True
-        return False
+        keys = (paths.layer_link(name, digest), paths.revision_link(name, digest))
+        if not fresh and any(self.links.fresh(k) for k in keys):
+            return True
+        # Both asked at once: a blob the repository lacks (what a client's HEAD before each
+        # upload usually finds) costs one round trip instead of two.
+        return any(await asyncio.gather(*(self.has_link(k, fresh=fresh) for k in keys)))
 
     async def is_linked_after_reserve(self, name: str, digest: Digest) -> bool:
         """``is_linked`` for a write, called after ``reserve(digest)`` succeeded. A layer link
