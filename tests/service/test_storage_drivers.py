@@ -580,3 +580,38 @@ def test_filesystem_put_survives_its_directory_being_deleted(
     filesystem._atomic_write(target, b"x")
     assert target.read_bytes() == b"x"
     assert calls["n"] == 2
+
+
+def test_filesystem_put_survives_a_prune_racing_its_mkdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Path.mkdir(exist_ok=True)`` raises FileExistsError when a concurrent delete prunes the
+    directory between seeing it and checking it is one: the put retries instead of failing
+    (seen as a failed PATCH while its old hash state was deleted beside the new one)."""
+    from berth.storage import filesystem
+
+    target = tmp_path / "uploads" / "u1" / "hashstates" / "12"
+    real_mkdir = filesystem.Path.mkdir
+    calls = {"n": 0}
+
+    def mkdir_losing_the_race(self: Path, *args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise FileExistsError(17, "File exists", str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(filesystem.Path, "mkdir", mkdir_losing_the_race)
+    filesystem._atomic_write(target, b"state")
+    assert target.read_bytes() == b"state"
+    assert calls["n"] >= 2
+
+
+async def test_siblings_written_and_deleted_at_once(driver: StorageDriver) -> None:
+    """A put next to a delete of its only sibling (which may prune the directory) succeeds,
+    round after round, on every driver."""
+    for i in range(40):
+        old, new = f"dir/{i}/state/{i}", f"dir/{i}/state/{i + 1}"
+        await driver.put(old, b"old")
+        await asyncio.gather(driver.put(new, b"new"), driver.delete(old))
+        assert await driver.get(new) == b"new"
+        assert await driver.list(f"dir/{i}/state") == [str(i + 1)]

@@ -166,7 +166,7 @@ class FilesystemDriver(StorageDriver):
                     with _exclusive(src_path):
                         os.replace(src_path, dst_path)
                     return
-                except FileNotFoundError:
+                except (FileNotFoundError, FileExistsError):  # a concurrent prune: see below
                     if attempt == 2:
                         raise
 
@@ -266,10 +266,12 @@ def _retry_missing_parent(path: Path, mode: str) -> BinaryIO:
     """Open for writing, creating parents; retry if a concurrent delete pruned them meanwhile."""
     for attempt in range(5):
         try:
-            # mkdir itself can fail when a concurrent delete prunes a parent it just created.
+            # mkdir itself can fail when a concurrent delete prunes a parent it just created:
+            # FileNotFoundError, or FileExistsError when the prune lands between mkdir seeing
+            # the directory and checking that it is one.
             path.parent.mkdir(parents=True, exist_ok=True)
             return path.open(mode)  # type: ignore[return-value]
-        except FileNotFoundError:
+        except (FileNotFoundError, FileExistsError):
             if attempt == 4:
                 raise
     raise AssertionError("unreachable")
