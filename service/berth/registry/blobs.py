@@ -254,7 +254,7 @@ class BlobStore:
         return url
 
     async def put_content(self, digest: Digest, data: bytes) -> None:
-        """Store small content (a manifest) by digest, unless it is already there.
+        """Store small content (a manifest, a blob under the single-request limit) by digest.
 
         Reserved like any blob a writer relies on, with the content itself as the mark: writing
         ``data`` (whose modification time GC re-checks like ``touch``) and then listing for
