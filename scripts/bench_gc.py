@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import subprocess
@@ -23,60 +22,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from berth.registry.digest import Digest  # noqa: E402
-from berth.storage import paths  # noqa: E402
+from tests.service import gc_fixtures  # noqa: E402
+
 from berth.storage.driver import StorageDriver  # noqa: E402
 
 LAYERS = 19
 
 
-def _d(data: bytes) -> Digest:
-    return Digest("sha256", hashlib.sha256(data).hexdigest())
-
-
 async def populate(driver: StorageDriver, blobs: int) -> None:
-    sem = asyncio.Semaphore(64)
-
-    async def put(key: str, data: bytes) -> None:
-        async with sem:
-            await driver.put(key, data)
-
-    images = blobs // (LAYERS + 2)
-    jobs = []
-    for i in range(images):
-        repo = f"bench/r{i // 50}"
-        layers = [f"layer {i} {j} ".encode() * 8 for j in range(LAYERS)]
-        config = json.dumps({"image": i}).encode()
-        manifest = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {
-                    "mediaType": "application/vnd.oci.image.config.v1+json",
-                    "digest": str(_d(config)),
-                    "size": len(config),
-                },
-                "layers": [
-                    {
-                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                        "digest": str(_d(x)),
-                        "size": len(x),
-                    }
-                    for x in layers
-                ],
-            }
-        ).encode()
-        for x in [*layers, config, manifest]:
-            jobs.append(put(paths.blob_data(_d(x)), x))
-        for x in [*layers, config]:
-            jobs.append(put(paths.layer_link(repo, _d(x)), str(_d(x)).encode()))
-        if i % 2 == 0:  # tagged and kept; odd images were "deleted": only garbage remains
-            md = _d(manifest)
-            jobs.append(put(paths.revision_link(repo, md), str(md).encode()))
-            jobs.append(put(paths.tag_index_link(repo, f"t{i}", md), str(md).encode()))
-            jobs.append(put(paths.tag_current_link(repo, f"t{i}"), str(md).encode()))
-    await asyncio.gather(*jobs)
+    """The registry the docstring describes: the shared builder of the GC tests."""
+    await gc_fixtures.populate(driver, blobs // (LAYERS + 2), LAYERS)
 
 
 def run_gc(args: list[str], env: dict[str, str]) -> tuple[float, dict]:
