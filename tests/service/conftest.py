@@ -24,12 +24,27 @@ from fastapi import FastAPI
 
 import s3_servers
 from berth.app import create_app
-from berth.config import Settings
+from berth.config import S3Settings, Settings
 from berth.storage.driver import StorageDriver
 from berth.storage.factory import create_driver
 
 DRIVERS = ("filesystem", "moto", "seaweedfs")
 PART = 5 * 1024 * 1024  # the S3 minimum, so multipart paths run with little data
+
+
+@contextlib.asynccontextmanager
+async def s3_app_client(s3: S3Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app on these S3 settings, its lifespan running (driver started, closed)."""
+    settings = Settings(
+        storage={"driver": "s3", "s3": s3.model_dump(mode="python")},
+        observability={"access_log": False},
+    )
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as c,
+    ):
+        yield c
 
 
 def make_settings(root: Path, **storage: Any) -> Settings:

@@ -22,7 +22,6 @@ from unittest import mock
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import botocore.auth
-import httpx
 import pytest
 from aiohttp import web
 from botocore.awsrequest import AWSRequest
@@ -35,6 +34,8 @@ from berth.storage.s3 import S3Driver, fastpath
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import s3_servers
 from s3_servers import error_body
+
+from .conftest import s3_app_client
 
 TRANSPORTS = {"lean": True, "botocore": False}
 REGION = "eu-west-1"
@@ -428,24 +429,13 @@ async def test_registry_answers_refused_500_and_unavailable_503(
     no_ca_bundle: None,
     transport: str,
 ) -> None:
-    from berth.app import create_app
-    from berth.config import Settings
-
     s3 = _settings(
         seaweedfs_server,
         endpoint_url=proxy.endpoint,
         max_attempts=ATTEMPTS,
         fast_path=TRANSPORTS[transport],
     )
-    settings = Settings(
-        storage={"driver": "s3", "s3": s3.model_dump(mode="python")},
-        observability={"access_log": False},
-    )
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as c,
-    ):
+    async with s3_app_client(s3) as c:
         _always(proxy, 403, "AccessDenied")
         r = await c.get("/v2/some/repo/manifests/latest")
         assert r.status_code == 500, r.text

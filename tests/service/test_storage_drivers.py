@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import s3_servers
 
+from .conftest import s3_app_client
+
 MiB = 1024 * 1024
 PART = 5 * MiB  # the S3 minimum, so multipart paths run with little data
 
@@ -468,19 +470,8 @@ async def test_store_down_raises_unavailable_and_leaves_nothing(
 async def test_registry_answers_503_with_retry_after(
     seaweedfs_server: s3_servers.S3Server, proxy: s3_servers.FaultProxy, no_ca_bundle: None
 ) -> None:
-    from berth.app import create_app
-    from berth.config import Settings
-
     s3 = s3_settings(seaweedfs_server, endpoint_url=proxy.endpoint, max_attempts=2)
-    settings = Settings(
-        storage={"driver": "s3", "s3": s3.model_dump(mode="python")},
-        observability={"access_log": False},
-    )
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as c,
-    ):
+    async with s3_app_client(s3) as c:
         proxy.rule = lambda method, target: "503"
         r = await c.get("/v2/some/repo/manifests/latest")
         assert r.status_code == 503, r.text
