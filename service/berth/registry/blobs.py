@@ -197,7 +197,7 @@ class BlobStore:
         stays."""
         layer = paths.layer_link(name, digest)
         marked = self._reserved.get(digest)
-        if marked is not None and self.links.fresh_since(layer, marked):
+        if marked is not None and self.links.fresh(layer, since=marked):
             return True
         if await self.has_link(layer, fresh=True):
             return True

@@ -67,11 +67,9 @@ class PresenceCache:
         # key -> (monotonic time the read or write that saw it was sent, generation then)
         self._seen: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
 
-    def fresh(self, key: Hashable) -> bool:
-        return self.fresh_since(key, float("-inf"))
-
-    def fresh_since(self, key: Hashable, since: float) -> bool:
-        """``fresh``, and seen by a request sent at or after the monotonic time ``since``."""
+    def fresh(self, key: Hashable, since: float = float("-inf")) -> bool:
+        """Seen present within the bound (by a request sent at or after the monotonic time
+        ``since``, when given)."""
         entry = self._seen.get(key)
         if entry is None:
             return False
