@@ -234,7 +234,7 @@ class BlobStore:
         self.links.forget(key)  # this replica sees the delete at once
         await self.driver.delete(key)
         if self.events is not None:
-            await self.events.blob("delete", name, digest, None, origin or Origin())
+            await self.events.blob("delete", name, digest, None, origin)
 
     def open(
         self, digest: Digest, offset: int = 0, length: int | None = None

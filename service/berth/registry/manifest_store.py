@@ -99,7 +99,7 @@ class ManifestStore:
                 len(stored.body),
                 stored.manifest,
                 tags,
-                origin or Origin(),
+                origin,
             )
 
     async def put(
@@ -148,9 +148,7 @@ class ManifestStore:
         self._cache.put(digest, stored, len(body) + 512)
         if self.events is not None:
             # One event per tag it was pushed by (Distribution: the tag pushed; none by digest).
-            await self.events.manifest(
-                "push", name, digest, len(body), manifest, tagged, origin or Origin()
-            )
+            await self.events.manifest("push", name, digest, len(body), manifest, tagged, origin)
         return stored, extra
 
     async def _verify_references(self, name: str, manifest: Manifest) -> None:
@@ -197,7 +195,7 @@ class ManifestStore:
                     pointed = await self.tags.resolve(name, ref)
             await self.tags.delete(name, ref)
             if self.events is not None:
-                await self.events.tag_deleted(name, ref, pointed, origin or Origin())
+                await self.events.tag_deleted(name, ref, pointed, origin)
             return
         if not await self.has_revision(name, ref, fresh=True):
             raise ManifestUnknown(f"manifest unknown: {name}@{ref}")
@@ -207,9 +205,7 @@ class ManifestStore:
         self.blobs.links.forget(key)  # this replica sees the delete at once
         await self.driver.delete(key)
         if self.events is not None:
-            await self.events.manifest_deleted(
-                name, ref, await self._parsed(ref), origin or Origin()
-            )
+            await self.events.manifest_deleted(name, ref, await self._parsed(ref), origin)
 
     async def _parsed(self, digest: Digest) -> Manifest | None:
         """The manifest if it can still be read (its content outlives the revision link)."""

@@ -11,8 +11,13 @@ from ..events.recorder import Recorder
 from .digest import Digest
 from .manifest import Manifest
 
+# What an event says of its cause when the caller has no request to describe.
+NO_ORIGIN = Origin()
+
 
 class Notifier:
+    """``origin``: the request that caused the event; None when there is none to describe."""
+
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
 
@@ -45,7 +50,7 @@ class Notifier:
         size: int,
         manifest: Manifest,
         tags: list[str],
-        origin: Origin,
+        origin: Origin | None,
     ) -> None:
         """A manifest pushed or pulled (one event per tag it was pushed or pulled by)."""
         if not self.wants(action):
@@ -56,14 +61,14 @@ class Notifier:
                     action,
                     "manifest",
                     self._manifest_target(name, digest, size, manifest, t),
-                    origin,
+                    origin or NO_ORIGIN,
                 )
                 for t in (tags or [""])
             ]
         )
 
     async def manifest_deleted(
-        self, name: str, digest: Digest, manifest: Manifest | None, origin: Origin
+        self, name: str, digest: Digest, manifest: Manifest | None, origin: Origin | None
     ) -> None:
         if not self.wants("delete"):
             return
@@ -71,13 +76,15 @@ class Notifier:
             target = self._manifest_target(name, digest, None, manifest)
         else:
             target = Target(name, digest=str(digest))
-        await self.recorder.record([Event("delete", "manifest", target, origin)])
+        await self.recorder.record([Event("delete", "manifest", target, origin or NO_ORIGIN)])
 
-    async def tag_deleted(self, name: str, tag: str, digest: Digest | None, origin: Origin) -> None:
+    async def tag_deleted(
+        self, name: str, tag: str, digest: Digest | None, origin: Origin | None
+    ) -> None:
         if not self.wants("delete"):
             return
         target = Target(name, digest=str(digest) if digest else "", tag=tag)
-        await self.recorder.record([Event("delete", "tag", target, origin)])
+        await self.recorder.record([Event("delete", "tag", target, origin or NO_ORIGIN)])
 
     async def blob(
         self,
@@ -85,14 +92,14 @@ class Notifier:
         name: str,
         digest: Digest,
         size: int | None,
-        origin: Origin,
+        origin: Origin | None,
         source: str | None = None,
     ) -> None:
         """A blob pushed, mounted (from ``source``) or deleted."""
         if not self.wants(action):
             return
         target = Target(name, BLOB_MEDIA_TYPE, str(digest), size=size, from_repository=source or "")
-        await self.recorder.record([Event(action, "blob", target, origin)])
+        await self.recorder.record([Event(action, "blob", target, origin or NO_ORIGIN)])
 
     async def deleted_by_gc(
         self, manifests: list[tuple[str, Digest]], blobs: list[tuple[str, Digest]]

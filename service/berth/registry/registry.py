@@ -112,7 +112,7 @@ class Registry:
             return False
         await self.blobs.link(name, digest)
         if self.events is not None:
-            await self.events.blob("mount", name, digest, size, origin or Origin(), source)
+            await self.events.blob("mount", name, digest, size, origin, source)
         return True
 
     def _proxied(self, name: str) -> tuple[PullThroughCache, Route] | None:

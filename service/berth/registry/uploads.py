@@ -63,7 +63,7 @@ class Uploads:
 
     async def _pushed(self, name: str, digest: Digest, size: int, origin: Origin | None) -> int:
         if self.events is not None:
-            await self.events.blob("push", name, digest, size, origin or Origin())
+            await self.events.blob("push", name, digest, size, origin)
         return size
 
     async def start(self, name: str) -> UploadStatus:
