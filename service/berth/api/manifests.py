@@ -43,7 +43,8 @@ async def get_manifest(request: Request) -> Response:
     reference = request.path_params["reference"]
     stored = await reg.manifest(name, reference, anonymous=anonymous(request))
     _check_accept(request, stored.media_type, reference)
-    if request.method == "GET" and reg.events is not None:
+    # Pulls are off by default: the request is described only when some endpoint wants them.
+    if request.method == "GET" and reg.events is not None and reg.events.wants("pull"):
         await reg.manifests.pulled(name, reference, stored, origin(request))
     headers = {
         "Docker-Content-Digest": str(stored.digest),
