@@ -182,6 +182,7 @@ class EndpointDelivery:
                 self._finish(key)
         self._bound(keys)
         await self._housekeeping(keys)
+        self._count_pending()  # then one less per event handled, not a recount per event
         for key in keys:
             if key in self._done:
                 continue
@@ -191,12 +192,12 @@ class EndpointDelivery:
             while self._sent.get(key, 0) < len(events):
                 if self.stopping.is_set() or not await self.claim.hold():
                     return 0, True
-                self._count_pending()
                 retry = await self._deliver(events[self._sent.get(key, 0)])
                 if retry is not None:
                     await self._save()
                     return retry, False
                 self._sent[key] = self._sent.get(key, 0) + 1
+                self._labels.dec()
             self._finish(key)
             await self._save()
         await self._save()
@@ -233,7 +234,7 @@ class EndpointDelivery:
 
     def _count_pending(self) -> None:
         if self._done is not None:
-            self._labels.set(sum(n for _, n in self._waiting(sorted(self._events))))
+            self._labels.set(sum(n for _, n in self._waiting(list(self._events))))
 
     def _bound(self, keys: list[str]) -> None:
         """Keep at most ``queue_size`` events waiting: drop the oldest."""
