@@ -184,6 +184,18 @@ def cmd_events(args: argparse.Namespace) -> int:
     return run_command(args, settings_from_args(args, gc_flags()))
 
 
+def _command(sub: Any, name: str, *, summary: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand whose help ends with how settings come from the environment."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=_ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="berth",
@@ -194,12 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"berth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    serve = sub.add_parser(
+    serve = _command(
+        sub,
         "serve",
-        help="serve the registry",
+        summary="serve the registry",
         description="Serve the OCI Distribution API (default: 127.0.0.1:5000, storage in ./data).",
-        epilog=_ENV_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common_storage_flags(serve)
     serve.add_argument("--host", help="address to listen on (http.host; default 127.0.0.1)")
@@ -226,14 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .gc.command import add_arguments as add_gc_arguments
 
-    gc = sub.add_parser(
+    gc = _command(
+        sub,
         "gc",
-        help="garbage-collect unreferenced blobs and manifests (online: safe while serving)",
+        summary="garbage-collect unreferenced blobs and manifests (online: safe while serving)",
         description="Mark everything reachable from tags (index children, referrers, their "
         "blobs), then remove what nothing reaches, plus stale upload sessions. Safe to run while "
         "the registry serves pushes and pulls; see docs/gc.md.",
-        epilog=_ENV_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common_storage_flags(gc)
     gc.add_argument("--log-level", help="log level (observability.log_level; default info)")
@@ -242,12 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .events.command import add_arguments as add_events_arguments
 
-    events = sub.add_parser(
+    events = _command(
+        sub,
         "events",
-        help="list pending and dead-lettered registry events; replay dead letters",
+        summary="list pending and dead-lettered registry events; replay dead letters",
         description="Registry events of the configured notification endpoints (docs/events.md).",
-        epilog=_ENV_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
     def common(action: argparse.ArgumentParser) -> None:
