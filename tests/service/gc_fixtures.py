@@ -247,6 +247,34 @@ class CountingDriver(StorageDriver):
         await self.inner.close()
 
 
+class RecordingDriver(CountingDriver):
+    """Counts like CountingDriver and records the keys written and read and the prefixes listed."""
+
+    def __init__(self, inner: StorageDriver) -> None:
+        super().__init__(inner)
+        self.written: list[str] = []
+        self.listed: list[str] = []
+        self.got: list[str] = []
+
+    def reset(self) -> None:
+        super().reset()
+        self.written.clear()
+        self.listed.clear()
+        self.got.clear()
+
+    async def put(self, key: str, data: bytes) -> None:
+        self.written.append(key)
+        await super().put(key, data)
+
+    async def get(self, key: str) -> bytes:
+        self.got.append(key)
+        return await super().get(key)
+
+    async def list(self, prefix: str) -> list[str]:
+        self.listed.append(prefix)
+        return await super().list(prefix)
+
+
 def s3_delete_many(driver: Any) -> Callable[[list[str]], Awaitable[None]]:
     """The S3 driver's ``delete_many`` (ordered DeleteObjects of up to 1,000 keys, then the
     directory entries that became empty, which SeaweedFS lists); for a driver from before the

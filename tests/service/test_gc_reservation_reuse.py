@@ -23,36 +23,13 @@ from berth.config import Settings
 from berth.gc.verify import find_problems
 from berth.registry.digest import Digest
 from berth.storage import paths
-from berth.storage.driver import StorageDriver
 
 from .conftest import Backend, push_blob, push_image
-from .gc_fixtures import CountingDriver, gc, manifest_blobs
+from .gc_fixtures import RecordingDriver, gc, manifest_blobs
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 # Past a zero-grace cut-off (1 s slack) at S3's one-second mtime resolution.
 PAST_CUTOFF = 2.2
-
-
-class RecordingDriver(CountingDriver):
-    """Counts like CountingDriver and records the keys written and the prefixes listed."""
-
-    def __init__(self, inner: StorageDriver) -> None:
-        super().__init__(inner)
-        self.written: list[str] = []
-        self.listed: list[str] = []
-
-    def reset(self) -> None:
-        super().reset()
-        self.written.clear()
-        self.listed.clear()
-
-    async def put(self, key: str, data: bytes) -> None:
-        self.written.append(key)
-        await super().put(key, data)
-
-    async def list(self, prefix: str) -> list[str]:
-        self.listed.append(prefix)
-        return await super().list(prefix)
 
 
 def _settings(backend: Backend, reuse: float) -> Settings:
