@@ -353,17 +353,16 @@ class Uploads:
         state = hasher.state()
         if state is None or new_offset == old_offset:
             return
-        # The old state is of no use once the offset moved on (only a state at exactly the
-        # offset is ever read), so both go at once; at offset 0 none was saved.
-        writes = [
-            self.driver.put(
-                paths.upload_hashstate(name, upload_id, hasher.algorithm, new_offset), state
-            )
-        ]
+        await self.driver.put(
+            paths.upload_hashstate(name, upload_id, hasher.algorithm, new_offset), state
+        )
+        # After the put, never alongside it: a delete that empties a directory prunes its entry,
+        # and SeaweedFS can lose the listing of an object created there at that moment. At
+        # offset 0 no state was saved.
         if old_offset:
-            old = paths.upload_hashstate(name, upload_id, hasher.algorithm, old_offset)
-            writes.append(self.driver.delete(old))
-        await asyncio.gather(*writes)
+            await self.driver.delete(
+                paths.upload_hashstate(name, upload_id, hasher.algorithm, old_offset)
+            )
 
 
 async def _exactly(body: AsyncIterable[bytes], length: int) -> AsyncIterator[bytes]:
