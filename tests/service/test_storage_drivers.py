@@ -318,6 +318,28 @@ async def test_s3_writer_parts_equal_and_invisible(s3_driver: Any) -> None:
     assert [i.key async for i in s3_driver.walk("r")] == [key]  # no state or tail left
 
 
+async def test_s3_delete_tree_names_no_key_outside_its_tree(
+    s3_driver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent's directory entry is left alone: it is shared with concurrent writers
+    (``_uploads/`` with every upload of a repository), and SeaweedFS stalls for seconds when
+    concurrent deletes name a busy directory's entry (and may drop a create racing it)."""
+    for key in ("p/_uploads/a/startedat", "p/_uploads/a/hashstates/sha256/0", "p/_uploads/b/x"):
+        await s3_driver.put(key, b"x")
+    sent: list[str] = []
+    real = s3_driver.delete_full
+
+    async def recording(keys: list[str]) -> None:
+        sent.extend(keys)
+        await real(keys)
+
+    monkeypatch.setattr(s3_driver, "delete_full", recording)
+    await s3_driver.delete_tree("p/_uploads/a")
+    tree = s3_driver.full_key("p/_uploads/a")
+    assert sent and all(k.startswith(f"{tree}/") for k in sent), sent
+    assert await s3_driver.list("p/_uploads") == ["b"]
+
+
 async def test_s3_deleting_upload_dir_aborts_multipart(s3_driver: Any) -> None:
     key = "r/_uploads/gone/data"
     await s3_driver.put("r/_uploads/gone/startedat", b"now")

@@ -353,11 +353,11 @@ class S3Driver(StorageDriver):
                 state, _ = WriterState.from_bytes(await self.get_full(state_key))
                 if state.upload_id:
                     await self.abort_upload(state_key[: -len(STATE_SUFFIX)], state.upload_id)
-        markers: Keys = []
-        if self.settings.prune_directories:
-            markers = self._markers(full, children)
-            if "/" in prefix.strip("/"):
-                markers.append(f"{full.rsplit('/', 1)[0]}/")
+        # The tree's own directory entries only: the parent's is shared (``_uploads/`` by every
+        # upload of a repository), and SeaweedFS stalls for seconds when concurrent requests
+        # delete a busy directory's entry (16 concurrent small pushes: 58 -> 195 blobs/s
+        # without it). An emptied parent may stay listed, empty, on such a store.
+        markers = self._markers(full, children) if self.settings.prune_directories else []
         if children or markers:
             await self.delete_full(children + markers)
 
