@@ -155,18 +155,18 @@ class CountingDriver(StorageDriver):
     def __init__(
         self,
         inner: StorageDriver,
-        delete_many: Callable[[list[str]], Awaitable[None]] | None = None,
+        delete_many: Callable[..., Awaitable[None]] | None = None,
     ) -> None:
         self.inner = inner
         self.name = inner.name
         self.ops: Counter[str] = Counter()
         if delete_many is not None:
 
-            async def counted(keys: list[str]) -> None:
+            async def counted(keys: list[str], *, prune: bool = True) -> None:
                 # The keys, then the emptied directory entries (one per parent) after them.
-                parents = {k.rsplit("/", 1)[0] for k in keys}
+                parents = {k.rsplit("/", 1)[0] for k in keys} if prune else set()
                 self.ops["delete_many"] += _pages(len(keys) + len(parents))
-                await delete_many(keys)
+                await delete_many(keys, prune=prune)
 
             self.delete_many = counted
 
@@ -218,9 +218,9 @@ class CountingDriver(StorageDriver):
         finally:
             self.ops["walk"] += _pages(n)
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, *, prune: bool = True) -> None:
         self.ops["delete"] += 1
-        await self.inner.delete(key)
+        await self.inner.delete(key, prune=prune)
 
     async def delete_tree(self, prefix: str) -> None:
         # One ListObjectsV2 + one DeleteObjects (the S3 driver sends one even for an empty tree
@@ -275,7 +275,7 @@ class RecordingDriver(CountingDriver):
         return await super().list(prefix)
 
 
-def s3_delete_many(driver: Any) -> Callable[[list[str]], Awaitable[None]]:
+def s3_delete_many(driver: Any) -> Callable[..., Awaitable[None]]:
     """The S3 driver's ``delete_many`` (ordered DeleteObjects of up to 1,000 keys, then the
     directory entries that became empty, which SeaweedFS lists); for a driver from before the
     operation, the same through ``delete_full``. ``CountingDriver`` without it counts what a
@@ -283,10 +283,10 @@ def s3_delete_many(driver: Any) -> Callable[[list[str]], Awaitable[None]]:
     if "delete_many" in type(driver).__dict__:
         return driver.delete_many  # type: ignore[no-any-return]
 
-    async def delete_many(keys: list[str]) -> None:
+    async def delete_many(keys: list[str], *, prune: bool = True) -> None:
         full = [driver.full_key(k) for k in keys]
         markers: list[str] = []
-        if driver.settings.prune_directories:
+        if prune and driver.settings.prune_directories:
             parents = {f.rsplit("/", 1)[0] for f in full if "/" in f}
             markers = [f"{p}/" for p in sorted(parents, key=lambda p: -p.count("/"))]
         await driver.delete_full(full + markers)

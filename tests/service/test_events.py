@@ -397,6 +397,8 @@ async def test_finished_batches_are_deleted_and_a_blocked_endpoint_keeps_only_it
             receiver.start()
             await receiver.until(1)
             await journal_has(0)
+            if backend.kind == "filesystem":  # emptied, not pruned: requests create in it
+                assert await storage.list(paths.EVENT_JOURNAL) == []
         assert [e["target"]["digest"] for e in events_of(receiver)] == [waiting]
     finally:
         other.close()

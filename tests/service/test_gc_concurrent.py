@@ -82,9 +82,9 @@ class JitterDriver(StorageDriver):
         async for info in self.inner.walk(prefix):
             yield info
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, *, prune: bool = True) -> None:
         await self._pause()
-        await self.inner.delete(key)
+        await self.inner.delete(key, prune=prune)
 
     async def delete_tree(self, prefix: str) -> None:
         await self._pause()

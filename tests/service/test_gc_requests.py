@@ -112,10 +112,10 @@ async def test_s3_requests_per_removed_blob(s3_driver: Any, batched: bool) -> No
 class JitterBatchDriver(JitterDriver):
     """JitterDriver with ``delete_many``: the batched path on the filesystem, with latency."""
 
-    async def delete_many(self, keys: list[str]) -> None:
+    async def delete_many(self, keys: list[str], *, prune: bool = True) -> None:
         await self._pause()
         for key in keys:
-            await self.inner.delete(key)
+            await self.inner.delete(key, prune=prune)
 
 
 @pytest.mark.parametrize("grace", [0.0, 3600.0])

@@ -174,6 +174,20 @@ async def test_delete(driver: StorageDriver) -> None:
     await driver.delete_tree("d/nothing")
 
 
+async def test_delete_without_prune_leaves_the_directory(driver: StorageDriver) -> None:
+    """``prune=False`` (a journal or queue others create in): the emptied directory is not
+    deleted (on the filesystem it stays, listed empty; S3 receives no directory entry's key),
+    so a create racing the delete cannot lose its listing."""
+    await driver.put("q/one", b"1")
+    await driver.put("q/two", b"2")
+    await driver.delete("q/one", prune=False)
+    await driver.delete_many(["q/two"], prune=False)
+    if isinstance(driver, FilesystemDriver):
+        assert await driver.list("q") == []
+    await driver.put("q/three", b"3")
+    assert await driver.list("q") == ["three"]
+
+
 async def test_delete_many(driver: StorageDriver) -> None:
     keys = [f"m/{i % 7}/obj{i}" for i in range(1203)]  # more than one S3 request
     await asyncio.gather(*(driver.put(k, b"x") for k in keys[:600]))
@@ -338,6 +352,25 @@ async def test_s3_delete_tree_names_no_key_outside_its_tree(
     tree = s3_driver.full_key("p/_uploads/a")
     assert sent and all(k.startswith(f"{tree}/") for k in sent), sent
     assert await s3_driver.list("p/_uploads") == ["b"]
+
+
+async def test_s3_delete_without_prune_sends_only_the_keys(
+    s3_driver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await s3_driver.put("j/a", b"x")
+    await s3_driver.put("j/b", b"x")
+    sent: list[str] = []
+    real = s3_driver.delete_full
+
+    async def recording(keys: list[str]) -> None:
+        sent.extend(keys)
+        await real(keys)
+
+    monkeypatch.setattr(s3_driver, "delete_full", recording)
+    await s3_driver.delete_many(["j/a", "j/b"], prune=False)
+    assert sent == [s3_driver.full_key("j/a"), s3_driver.full_key("j/b")]
+    await s3_driver.delete("j/a")  # pruning (the default) names the directory entry last
+    assert sent[-1] == s3_driver.full_key("j") + "/"
 
 
 async def test_s3_deleting_upload_dir_aborts_multipart(s3_driver: Any) -> None:

@@ -99,7 +99,9 @@ async def replay(
     if letters:
         events = [dataclasses.replace(d.event, only=(d.endpoint,)) for d in letters]
         await JournalWriter(driver).append(events)
-        await driver.delete_many([paths.dead_letter(d.endpoint, d.event.id) for d in letters])
+        await driver.delete_many(
+            [paths.dead_letter(d.endpoint, d.event.id) for d in letters], prune=False
+        )
     return letters
 
 

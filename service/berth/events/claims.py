@@ -79,7 +79,7 @@ class Claim:
             return False
         self.generation, self._renewed = following, started
         stale = [paths.event_claim(self.endpoint, g) for g in generations]
-        await self.driver.delete_many(stale)
+        await self.driver.delete_many(stale, prune=False)
         return True
 
     async def release(self) -> None:

@@ -349,7 +349,10 @@ class EndpointDelivery:
             if other != self.name and finished:
                 finished &= await load_progress(self.driver, other)
         if finished:
-            await self.driver.delete_many([paths.event_batch(k) for k in sorted(finished)])
+            # The journal sees concurrent creates: never pruned (see StorageDriver.delete).
+            await self.driver.delete_many(
+                [paths.event_batch(k) for k in sorted(finished)], prune=False
+            )
 
     async def _purge_dead_letters(self) -> None:
         cutoff = time.time() - self.settings.dead_letter_retention_seconds
@@ -359,7 +362,7 @@ class EndpointDelivery:
             if info.modified < cutoff
         ]
         if old:
-            await self.driver.delete_many(old)
+            await self.driver.delete_many(old, prune=False)
 
 
 __all__ = ["EndpointDelivery", "dead_letter_keys", "load_progress"]

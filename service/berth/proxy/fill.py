@@ -109,7 +109,7 @@ class Fill:
             self._end_live()
             if self._holding:
                 with contextlib.suppress(Exception):
-                    await self.uploads.driver.delete(self._claim)
+                    await self.uploads.driver.delete(self._claim, prune=False)
 
     async def _wait_for_other_replica(self) -> int | None:
         """Take the blob's claim in storage, or wait (bounded) while another replica holds it.
@@ -134,7 +134,7 @@ class Fill:
             except PathNotFound:
                 continue  # released (that fill failed): claim it ourselves
             if age > self.claim_wait:  # its replica died mid-fill
-                await driver.delete(self._claim)
+                await driver.delete(self._claim, prune=False)
                 continue
             if time.monotonic() > deadline:
                 log.warning(

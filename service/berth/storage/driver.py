@@ -120,14 +120,20 @@ class StorageDriver(ABC):
         """Every object below ``prefix``, recursively, in no particular order."""
 
     @abstractmethod
-    async def delete(self, key: str) -> None:
-        """Delete one object; a missing one is not an error."""
+    async def delete(self, key: str, *, prune: bool = True) -> None:
+        """Delete one object; a missing one is not an error.
 
-    async def delete_many(self, keys: Sequence[str]) -> None:
+        ``prune``: also remove the directory the delete empties. Pass False for a directory
+        that others create objects in concurrently (a journal, a queue): on some stores
+        (SeaweedFS) an object created while its directory is pruned can drop out of listings.
+        """
+
+    async def delete_many(self, keys: Sequence[str], *, prune: bool = True) -> None:
         """Delete objects in the order given (a missing one is not an error). Stores with batch
-        deletes do it in few requests (S3: one DeleteObjects per 1,000 keys)."""
+        deletes do it in few requests (S3: one DeleteObjects per 1,000 keys). ``prune`` as
+        for ``delete``."""
         for key in keys:
-            await self.delete(key)
+            await self.delete(key, prune=prune)
 
     @abstractmethod
     async def delete_tree(self, prefix: str) -> None:

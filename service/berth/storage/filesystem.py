@@ -130,7 +130,7 @@ class FilesystemDriver(StorageDriver):
         for info in await asyncio.to_thread(_walk):
             yield info
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, *, prune: bool = True) -> None:
         path = self._path(key)
 
         def _delete() -> None:
@@ -138,7 +138,8 @@ class FilesystemDriver(StorageDriver):
                 path.unlink()
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return  # no such object (a directory is not one)
-            _prune_empty_parents(path.parent, self.root)
+            if prune:
+                _prune_empty_parents(path.parent, self.root)
 
         # Unlinking one small file costs microseconds: inline, like the other metadata calls.
         _delete()

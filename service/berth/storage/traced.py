@@ -57,11 +57,12 @@ class TracedDriver(StorageDriver):
             async for info in self.inner.walk(prefix):
                 yield info
 
-    async def delete(self, key: str) -> None:
-        await self._call("delete", key, self.inner.delete(key))
+    async def delete(self, key: str, *, prune: bool = True) -> None:
+        await self._call("delete", key, self.inner.delete(key, prune=prune))
 
-    async def delete_many(self, keys: Sequence[str]) -> None:
-        await self._call("delete_many", keys[0] if keys else "", self.inner.delete_many(keys))
+    async def delete_many(self, keys: Sequence[str], *, prune: bool = True) -> None:
+        first = keys[0] if keys else ""
+        await self._call("delete_many", first, self.inner.delete_many(keys, prune=prune))
 
     async def delete_tree(self, prefix: str) -> None:
         await self._call("delete_tree", prefix, self.inner.delete_tree(prefix))

@@ -327,17 +327,17 @@ class S3Driver(StorageDriver):
             for obj in page.objects:
                 yield ObjectInfo(self._relative(obj.key), obj.size, obj.modified)
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, *, prune: bool = True) -> None:
         # One ordered DeleteObjects: the object, then its directory entry if now empty.
-        await self.delete_many([key])
+        await self.delete_many([key], prune=prune)
 
-    async def delete_many(self, keys: Sequence[str]) -> None:
-        """Ordered DeleteObjects of up to 1,000 keys each: the objects, then (with
-        ``prune_directories``) their directory entries, deepest first, which a store only
+    async def delete_many(self, keys: Sequence[str], *, prune: bool = True) -> None:
+        """Ordered DeleteObjects of up to 1,000 keys each: the objects, then (with ``prune``
+        and ``prune_directories``) their directory entries, deepest first, which a store only
         removes when they are empty."""
         fulls = [self.full_key(k) for k in keys]
         markers: Keys = []
-        if self.settings.prune_directories:
+        if prune and self.settings.prune_directories:
             parents = {f.rsplit("/", 1)[0] for f, k in zip(fulls, keys, strict=True) if "/" in k}
             markers = [f"{p}/" for p in sorted(parents, key=lambda p: p.count("/"), reverse=True)]
         await self.delete_full(fulls + markers)
