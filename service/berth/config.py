@@ -94,7 +94,8 @@ class S3Settings(_Section):
         ge=5 * 1024 * 1024,
         le=5 * 1024 * 1024 * 1024,
         description="Multipart upload part size (bytes); every part but the last has this size. "
-        "One part is buffered per upload in progress, plus the parts uploading in the "
+        "A part a request's Content-Length covers is streamed to the store as it arrives; "
+        "otherwise one part is buffered per upload in progress, plus the parts uploading in the "
         "background (see part_buffer_budget).",
     )
     parts_in_flight: int = Field(

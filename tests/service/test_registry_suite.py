@@ -188,8 +188,13 @@ async def test_upload_resumes_after_a_failed_patch(backend: Backend, fail_after:
         r = await client.get(location)
         assert r.status_code == 204
         offset = int(r.headers["Range"].split("-")[1]) + 1
-        # Whole buffers before the failure were kept: past the last saved hash state (at 100).
-        assert 100 < offset <= fail_after + 100
+        if backend.kind == "filesystem":
+            # Whole buffers before the failure were kept: past the last saved hash state.
+            assert 100 < offset <= fail_after + 100
+        else:
+            # S3 streams the parts a chunk fills and cuts back to the start of the one that
+            # failed: the 100 bytes before it, or the first whole part.
+            assert offset == (PART if fail_after + 100 >= PART else 100)
         await patch_in_chunks(client, location, data, offset, 3 * MiB)  # several more chunks
         r = await client.put(location, params={"digest": sha256(data)})
         assert r.status_code == 201, r.text

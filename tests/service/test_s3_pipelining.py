@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from berth.config import S3Settings
-from berth.storage.driver import PathNotFound, StorageRefused
+from berth.storage.driver import PathNotFound, StorageRefused, StorageUnavailable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import s3_servers
@@ -300,3 +300,110 @@ async def test_no_budget_means_no_pipelining(
         assert d.part_budget.peak == 0
     finally:
         await d.close()
+
+
+# -- streamed parts: after ``expect`` the parts a request fills go out as its bytes arrive ------
+
+
+async def _reopen(d: Any, key: str) -> Any:
+    return await d.writer(key, append=True)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["lean", "botocore"])
+async def test_streamed_parts_are_not_gathered(
+    server: s3_servers.S3Server,
+    proxy: s3_servers.FaultProxy,
+    no_ca_bundle: None,
+    fast_path: bool,
+) -> None:
+    """An earlier request left 100 bytes; the next one says how much is coming: its parts
+    (the first starting with those 100 bytes) are equal, and the lean client holds only the
+    last partial part's bytes in the writer (botocore gathers each part to sign it)."""
+    d = await _driver(server, proxy, fast_path=fast_path)
+    key = "r/_uploads/stream/data"
+    data = os.urandom(3 * PART + 5000)
+    try:
+        w = await d.writer(key, append=True)
+        await w.write(data[:100])
+        await w.close()
+        w = await _reopen(d, key)
+        w.expect(len(data) - 100)
+        most = 0
+        for i in range(100, len(data), MiB):
+            await w.write(data[i : i + MiB])
+            most = max(most, _held([w]) - 100)  # the first part's start stays until recorded
+        await w.close()
+        if fast_path:
+            assert most <= 5000  # the tail after the last whole part
+        assert d.part_budget.peak == 0  # nothing gathered for the background
+        assert await _parts(d, key) == [PART] * 3
+        w = await _reopen(d, key)
+        assert w.size == len(data)
+        await w.commit()
+        assert await d.get(key) == data
+    finally:
+        await d.close()
+
+
+async def test_a_failed_streamed_part_cuts_back_to_its_start(
+    driver: Any, proxy: s3_servers.FaultProxy
+) -> None:
+    """Its bytes are not kept, so the content ends where it began; the upload resumes there."""
+    proxy.rule, refused = _refuse_once(2)
+    key = "r/_uploads/streamfail/data"
+    data = os.urandom(3 * PART + 777)
+    w = await driver.writer(key, append=True)
+    w.expect(len(data))
+    with pytest.raises(StorageRefused):
+        try:
+            await _write(w, data)
+        finally:
+            await w.close()
+    assert refused == [2]
+    w = await _reopen(driver, key)
+    assert w.size == PART  # part 1 recorded; part 2's bytes gone
+    w.expect(len(data) - PART)
+    await _write(w, data[PART:])
+    await w.close()
+    w = await _reopen(driver, key)
+    await w.commit()
+    assert await driver.get(key) == data
+
+
+@pytest.mark.parametrize("before", [0, 100])
+async def test_a_writer_closed_mid_stream_keeps_the_parts_before(
+    driver: Any, proxy: s3_servers.FaultProxy, before: int
+) -> None:
+    """The client went away in the middle of a part: ``close`` stops that part's upload
+    without an error and persists what came before it (whole parts, and the bytes an earlier
+    request left); nothing of the unfinished part is kept."""
+    key = f"r/_uploads/gone{before}/data"
+    data = os.urandom(3 * PART)
+    w = await driver.writer(key, append=True)
+    if before:
+        await w.write(data[:before])
+        await w.close()
+        w = await _reopen(driver, key)
+    w.expect(len(data) - before)
+    await _write(w, data[before : before + PART + PART // 2])  # part 1 and half of part 2
+    await w.close()
+    assert driver.part_budget.held == 0
+    w = await _reopen(driver, key)
+    assert w.size == PART
+    await _write(w, data[PART:])
+    await w.commit()
+    assert await driver.get(key) == data
+
+
+async def test_a_short_stream_fails_commit_and_keeps_the_state(
+    driver: Any, proxy: s3_servers.FaultProxy
+) -> None:
+    key = "r/_uploads/short/data"
+    data = os.urandom(2 * PART)
+    w = await driver.writer(key, append=True)
+    w.expect(len(data))
+    await _write(w, data[: PART + MiB])
+    with pytest.raises(StorageUnavailable):
+        await w.commit()
+    with pytest.raises(PathNotFound):
+        await driver.get(key)

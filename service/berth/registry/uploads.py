@@ -139,8 +139,12 @@ class Uploads:
             # not readable on every store (S3 shows them only once committed). Without one (a
             # failed chunk, no OpenSSL state API) hashing waits for ``complete``.
             hasher = await self._saved_hasher(name, upload_id, DEFAULT_ALGORITHM, start)
+            expected = content_length
             if content_range is not None:
-                body = _exactly(body, content_range[1] - content_range[0] + 1)
+                expected = content_range[1] - content_range[0] + 1
+                body = _exactly(body, expected)
+            if expected is not None:
+                writer.expect(expected)  # S3 streams the parts this chunk fills
             await _copy(body, writer, hasher)
         except BaseException as exc:
             # Keep what reached storage (the client can ask where to resume); drop the buffer.

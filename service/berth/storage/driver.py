@@ -59,11 +59,17 @@ class FileWriter(ABC):
 
     ``close`` keeps what was written so another process may reopen the writer with
     ``append=True`` and continue; ``cancel`` throws it away. Bytes written before a failed
-    ``write`` are kept or dropped as a whole buffer, never partly: ``size`` after ``close`` is
-    what a later writer continues from.
+    ``write`` are kept or dropped as a whole buffer, never partly (after ``expect``: back to
+    the start of the part being streamed): ``size`` after ``close`` is what a later writer
+    continues from.
     """
 
     size: int
+
+    def expect(self, length: int) -> None:
+        """Say that ``length`` more bytes are coming (a request's Content-Length): a writer may
+        then send them on as they arrive instead of gathering them (S3: whole parts streamed).
+        A hint; the default ignores it."""
 
     @abstractmethod
     async def write(self, data: bytes | bytearray) -> None: ...

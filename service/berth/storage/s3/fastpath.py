@@ -7,7 +7,9 @@ parsing); a manifest GET or blob HEAD is a single such request, so that overhead
 registry's own cost. This client signs (a few HMACs, signing keys cached per day) and sends the
 request itself, with the same credentials (botocore's chain, refreshed as botocore does), the
 same retries (exponential backoff with jitter for throttling, 5xx, timeouts and resets) and the
-same errors (``errors.classify``). Multipart uploads and ranged reads stay on botocore.
+same errors (``errors.classify``). It also streams UploadPart bodies as they arrive
+(``upload_part``); creating, completing and aborting multipart uploads and ranged reads stay on
+botocore.
 
 Only path-style addressing against a configured endpoint uses it (``storage.s3.fast_path``).
 """
@@ -22,7 +24,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -181,16 +183,7 @@ class FastS3(S3Transport):
     ) -> Reply:
         """One request with retries; 404 raises PathNotFound, an unreachable store
         StorageUnavailable; other statuses are returned. ``full_key`` None: the bucket."""
-        path = self._base_path
-        if full_key is not None:
-            path = f"{path}/{quote(full_key, safe='/~')}"
-        query = "&".join(
-            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
-            for k, v in sorted((params or {}).items())
-        )
-        url = URL(
-            f"{self._scheme}://{self._host}{path}" + (f"?{query}" if query else ""), encoded=True
-        )
+        url, path, query = self._url(full_key, params)
         last = ""
         for attempt in range(self._max_attempts):
             if attempt:
@@ -214,6 +207,43 @@ class FastS3(S3Transport):
                 last = f"{type(exc).__name__}: {exc}"
                 continue
         raise StorageUnavailable(f"object store: {last} after {self._max_attempts} attempts")
+
+    def _url(self, full_key: str | None, params: dict[str, str] | None) -> tuple[URL, str, str]:
+        path = self._base_path
+        if full_key is not None:
+            path = f"{path}/{quote(full_key, safe='/~')}"
+        query = "&".join(
+            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
+            for k, v in sorted((params or {}).items())
+        )
+        url = URL(
+            f"{self._scheme}://{self._host}{path}" + (f"?{query}" if query else ""), encoded=True
+        )
+        return url, path, query
+
+    async def upload_part(
+        self,
+        full: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        length: int,
+        chunks: AsyncIterable[bytes | memoryview],
+    ) -> str:
+        """Streamed: each chunk goes out as it comes (UNSIGNED-PAYLOAD, a fixed
+        Content-Length), so a part is never held whole in memory."""
+        url, path, query = self._url(full, {"partNumber": str(number), "uploadId": upload_id})
+        headers = {"content-length": str(length)}
+        self._sign("PUT", path, query, headers, await self._credentials())
+        try:
+            async with self._session.put(url, data=chunks, headers=headers) as r:
+                reply = Reply(r.status, r.headers, await r.read())
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise StorageUnavailable(
+                f"object store: part {number} of {key}: {type(exc).__name__}: {exc}"
+            ) from exc
+        _check(reply, key)
+        return str(reply.headers.get("ETag", ""))
 
     async def list_page(
         self, prefix: str, delimiter: bool, token: str | None = None, max_keys: int = 1000

@@ -14,6 +14,7 @@ driver's errors (``errors.classify``): ``PathNotFound``, ``WriterBusy`` (a faile
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
 
@@ -91,6 +92,20 @@ class S3Transport(ABC):
     @abstractmethod
     async def copy(self, src_full: str, dst_full: str, key: str) -> None:
         """Server-side CopyObject; raises CopyTooLarge when the store wants a multipart copy."""
+
+    @abstractmethod
+    async def upload_part(
+        self,
+        full: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        length: int,
+        chunks: AsyncIterable[bytes | memoryview],
+    ) -> str:
+        """UploadPart of exactly ``length`` bytes taken from ``chunks`` as they come; returns
+        the ETag. Never retried (the bytes are not kept): a failure raises the driver's error
+        and the caller sends the part again from its own copy, or gives it up."""
 
     @abstractmethod
     async def presign(self, full: str, expires_in: int) -> str:

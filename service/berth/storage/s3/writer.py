@@ -34,7 +34,15 @@ persists stays contiguous. ``close``, ``commit`` and ``cancel`` wait for every p
 ``close`` persists, then raises a part failure that ``write`` had not raised yet.
 
 Memory per open writer is bounded by ``parts_in_flight`` + 1 parts plus one incoming write
-(one part when the budget is spent). ``close`` writes the new
+(one part when the budget is spent).
+
+Streamed parts: after ``expect(n)`` (a request's Content-Length), a part that the coming bytes
+will fill is not gathered: its UploadPart starts at once with the buffered bytes as its start
+and takes each write's bytes as they arrive (``_Feed``: one piece at a time, so a writer holds
+about one piece instead of one part). Its bytes are not kept, so it cannot be sent again: when
+a streamed part fails, or the writer closes before feeding all of it (the client went away),
+the content is cut back to the start of that part (its first bytes, the old buffer, are
+kept) and everything after it is dropped; ``size`` says where to resume. ``close`` writes the new
 tail object first, then the state that names it, then deletes the old tail: a crash at any point
 leaves a consistent state (at worst an orphaned tail or part that the next writer overwrites and
 purging removes). An abandoned upload leaves the state, the tail and an in-progress multipart
@@ -51,10 +59,11 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..driver import FileWriter, PathNotFound, WriterBusy
+from ..driver import FileWriter, PathNotFound, StorageUnavailable, WriterBusy
 from .errors import call
 
 if TYPE_CHECKING:
@@ -67,6 +76,8 @@ TAIL_INFIX = ".berth-tail-"
 INLINE_TAIL_MAX = 1024 * 1024
 # How long a writer's claim on a multipart upload keeps others out if it is never released.
 CLAIM_SECONDS = 120.0
+# A streamed part takes a write's bytes in pieces of at most this size, one waiting at a time.
+FEED_PIECE = 256 * 1024
 
 
 def is_internal(name: str) -> bool:
@@ -197,9 +208,53 @@ class PartBudget:
 @dataclass(eq=False)
 class _Part:
     number: int
-    body: bytearray | bytes
+    body: bytearray | bytes  # streamed: only the bytes it started with (the old buffer)
     task: asyncio.Task[str]
     budgeted: int  # bytes taken from the budget (0: the writer waits for this part)
+    streamed: bool = False
+
+
+class _Feed:
+    """The streamed part being filled: pieces go from ``write`` to its UploadPart's body."""
+
+    def __init__(self, start: bytearray, length: int) -> None:
+        self.start = start  # the writer's old buffer: never changed, kept to cut back to
+        self.remaining = length - len(start)  # still to be put
+        self._needed = self.remaining
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
+        self.task: asyncio.Task[str] | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes | memoryview]:
+        if self.start:
+            yield memoryview(self.start)
+        left = self._needed
+        while left > 0:
+            piece = await self._queue.get()
+            left -= len(piece)
+            yield piece
+
+    async def put(self, piece: memoryview) -> bool:
+        """Hand a piece to the upload (waiting while one is unsent); False if it has ended.
+        Copied: the caller may reuse its buffer once ``write`` returns."""
+        task = self.task
+        assert task is not None
+        if task.done():
+            return False
+        data = bytes(piece)
+        if self._queue.full():
+            putter = asyncio.ensure_future(self._queue.put(data))
+            try:
+                await asyncio.wait({putter, task}, return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                putter.cancel()
+                raise
+            if not putter.done():  # the upload ended first
+                putter.cancel()
+                return False
+        else:
+            self._queue.put_nowait(data)
+        self.remaining -= len(piece)
+        return True
 
 
 class S3Writer(FileWriter):
@@ -229,6 +284,8 @@ class S3Writer(FileWriter):
         self._stored = (state.to_json(), inline_tail or b"")  # what the state object holds
         self._lost = False  # another writer owns the session: persist nothing more
         self._inflight: deque[_Part] = deque()  # parts uploading, oldest first
+        self._expected = 0  # bytes the caller said are coming (``expect``)
+        self._feed: _Feed | None = None  # the streamed part being filled
 
     @property
     def _state_key(self) -> str:
@@ -245,6 +302,9 @@ class S3Writer(FileWriter):
         self._buffer = bytearray(data)
         self._tail_loaded = True
 
+    def expect(self, length: int) -> None:
+        self._expected = length
+
     async def write(self, data: bytes | bytearray) -> None:
         if not data:
             return
@@ -253,17 +313,58 @@ class S3Writer(FileWriter):
         await self._settle(len(self._inflight))  # record the parts that have finished
         part_size = self._state.part_size
         view = memoryview(data)
-        while len(self._buffer) + len(view) >= part_size:
-            # Fill the buffer to exactly one part and hand it over whole (no part-sized copy).
-            # ``size`` counts what is in the writer: a part failure or a cancellation while a
-            # part starts leaves the rest of ``data`` out, and the caller sees the real size.
-            take = part_size - len(self._buffer)
-            self._buffer += view[:take]
-            self.size += take
-            view = view[take:]
-            await self._send_whole_parts()
-        self._buffer += view
-        self.size += len(view)
+        while view:
+            if len(self._buffer) >= part_size:  # a tail restored after a failure
+                await self._send_whole_parts()
+            streamable = self._expected and len(self._buffer) + self._expected >= part_size
+            if self._feed is None and streamable:
+                await self._start_part(part_size, stream=True)
+            if self._feed is not None:
+                take = min(self._feed.remaining, len(view))
+                await self._feed_part(view[:take])
+                view = view[take:]
+            elif len(self._buffer) + len(view) >= part_size:
+                # Fill the buffer to exactly one part and hand it over whole (no part-sized
+                # copy). ``size`` counts what is in the writer: a part failure or a
+                # cancellation while a part starts leaves the rest of ``data`` out, and the
+                # caller sees the real size.
+                take = part_size - len(self._buffer)
+                self._took(take)
+                self._buffer += view[:take]
+                view = view[take:]
+                await self._send_whole_parts()
+            else:
+                self._took(len(view))
+                self._buffer += view
+                break
+
+    def _took(self, n: int) -> None:
+        self.size += n
+        self._expected = max(0, self._expected - n)
+
+    async def _feed_part(self, view: memoryview) -> None:
+        """Give ``view`` (no more than the streamed part still needs) to the streamed part."""
+        feed = self._feed
+        assert feed is not None
+        for offset in range(0, len(view), FEED_PIECE):
+            piece = view[offset : offset + FEED_PIECE]
+            if not await feed.put(piece):
+                self._feed = None
+                await self._settle(0)  # raises the part's failure, content cut back
+                raise StorageUnavailable(f"object store: part upload of {self._key} ended early")
+            self._took(len(piece))
+        if not feed.remaining:
+            self._feed = None  # whole: it finishes uploading in flight
+
+    def _cut_feed(self) -> bool:
+        """Stop a streamed part that will not get all its bytes (``_settle`` then cuts the
+        content back to its start). Whether there was one."""
+        feed, self._feed = self._feed, None
+        if feed is None:
+            return False
+        assert feed.task is not None
+        feed.task.cancel()
+        return True
 
     async def _send_whole_parts(self) -> None:
         """Start uploading every whole part in the buffer, waiting as the bounds require.
@@ -276,8 +377,9 @@ class S3Writer(FileWriter):
         while len(self._buffer) >= part_size:
             await self._start_part(part_size)
 
-    async def _start_part(self, length: int) -> None:
-        """Move the first ``length`` bytes of the buffer into a part upload started now."""
+    async def _start_part(self, length: int, *, stream: bool = False) -> None:
+        """Move the first ``length`` bytes of the buffer into a part upload started now; with
+        ``stream``, the whole buffer starts a part of ``length`` bytes that ``write`` fills."""
         limit = self._driver.parts_in_flight
         await self._settle(limit - 1)  # room for one more part
         await self._claim()
@@ -290,12 +392,28 @@ class S3Writer(FileWriter):
             )
             self._state.upload_id = resp["UploadId"]
         # No await from here until the part is in ``_inflight``.
+        number = len(self._state.etags) + len(self._inflight) + 1
+        if stream:
+            start, self._buffer = self._buffer, bytearray()
+            feed = _Feed(start, length)
+            feed.task = asyncio.create_task(
+                self._driver.transport.upload_part(
+                    self._bucket_key,
+                    self._key,
+                    self._state.upload_id,
+                    number,
+                    length,
+                    feed.chunks(),
+                )
+            )
+            self._feed = feed
+            self._inflight.append(_Part(number, start, feed.task, 0, streamed=True))
+            return
         if len(self._buffer) == length:
             part, self._buffer = self._buffer, bytearray()
         else:
             part = self._buffer[:length]
             del self._buffer[:length]
-        number = len(self._state.etags) + len(self._inflight) + 1
         budget = self._driver.part_budget
         budgeted = len(part) if budget.take(len(part)) else 0
         task = asyncio.create_task(self._upload_part(number, part))
@@ -323,12 +441,13 @@ class S3Writer(FileWriter):
                 self._inflight.popleft()
                 budget.give(oldest.budgeted)
                 continue
+            self._cut_feed()  # it would wait for bytes that will not come
             pending = [p.task for p in self._inflight if not p.task.done()]
             if pending:
                 await asyncio.wait(pending)
             restored = list(self._inflight)
             self._inflight.clear()
-            self._buffer[:0] = b"".join(p.body for p in restored)
+            self._restore(restored)
             for p in restored:
                 budget.give(p.budgeted)
                 if not p.task.cancelled():
@@ -339,9 +458,22 @@ class S3Writer(FileWriter):
             return failure
         return None
 
+    def _restore(self, parts: list[_Part]) -> None:
+        """Put the bytes of failed parts (oldest first) back in front of the buffer. A streamed
+        part's bytes are gone: the content ends with the bytes it started with."""
+        kept = bytearray()
+        for p in parts:
+            kept += p.body
+            if p.streamed:
+                self._buffer = kept
+                self.size = len(self._state.etags) * self._state.part_size + len(kept)
+                return
+        self._buffer[:0] = kept
+
     async def _abandon(self) -> None:
         """Stop every part in flight and forget it (the writer's content is being thrown away,
         or it cannot be persisted)."""
+        self._feed = None
         parts = list(self._inflight)
         self._inflight.clear()
         for p in parts:
@@ -412,6 +544,8 @@ class S3Writer(FileWriter):
         Waits for every part in flight first; a part failure ``write`` had not raised yet is
         raised after the state (with that part's bytes back in the tail) is persisted.
         """
+        self._expected = 0
+        cut = self._cut_feed()
         try:
             failure = await self._settle(0, raise_failure=False)
         except BaseException:
@@ -423,7 +557,7 @@ class S3Writer(FileWriter):
             await self._release()
             return
         await self._persist()
-        if failure is not None:
+        if failure is not None and not (cut and isinstance(failure, asyncio.CancelledError)):
             raise failure
 
     async def _persist(self) -> None:
@@ -484,6 +618,9 @@ class S3Writer(FileWriter):
                 )
         else:
             try:
+                if self._cut_feed():  # a streamed part short of its bytes: cut back
+                    await self._settle(0, raise_failure=False)
+                    raise StorageUnavailable(f"object store: {self._key} is short of its bytes")
                 await self._load_tail()
                 await self._send_whole_parts()
                 if self._buffer:  # the last part, shorter than the others
