@@ -84,9 +84,11 @@ async def _write(w: Any, data: bytes, step: int = MiB) -> None:
 async def _parts(d: Any, key: str) -> list[int]:
     """Sizes of the parts the store holds for the writer's multipart upload."""
     full = d.full_key(key)
-    uploads = await d.client.list_multipart_uploads(Bucket=d.bucket, Prefix=full)
+    uploads = await (await d.botocore()).list_multipart_uploads(Bucket=d.bucket, Prefix=full)
     (upload,) = uploads["Uploads"]
-    parts = await d.client.list_parts(Bucket=d.bucket, Key=full, UploadId=upload["UploadId"])
+    parts = await (await d.botocore()).list_parts(
+        Bucket=d.bucket, Key=full, UploadId=upload["UploadId"]
+    )
     return [p["Size"] for p in parts.get("Parts", [])]
 
 
@@ -407,3 +409,45 @@ async def test_a_short_stream_fails_commit_and_keeps_the_state(
         await w.commit()
     with pytest.raises(PathNotFound):
         await driver.get(key)
+
+
+async def test_the_lean_client_uploads_without_botocore(driver: Any) -> None:
+    """Multipart uploads (gathered and streamed parts, completion, abort) and the health check
+    go through the lean client: a worker that only serves pushes and pulls never loads
+    botocore's client (its service model costs each worker about 11 MiB)."""
+    data = os.urandom(2 * PART + 10)
+    w = await driver.writer("r/_uploads/lean/data", append=True)
+    await _write(w, data[:PART])  # gathered
+    w.expect(len(data) - PART)
+    await _write(w, data[PART:])  # streamed
+    await w.close()
+    w = await driver.writer("r/_uploads/lean/data", append=True)
+    await w.commit()
+    w = await driver.writer("r/_uploads/gone/data", append=True)
+    await _write(w, data)
+    await w.cancel()  # aborts its multipart upload
+    await driver.ping()
+    assert await driver.get("r/_uploads/lean/data") == data
+    assert driver._client is None
+    full = driver.full_key("r/_uploads/")
+    left = await (await driver.botocore()).list_multipart_uploads(Bucket=driver.bucket, Prefix=full)
+    assert not left.get("Uploads")  # committed and aborted: none in progress
+
+
+async def test_a_writer_continuing_anothers_upload_gathers_its_parts(driver: Any) -> None:
+    """Adding parts to a multipart upload another writer started needs the claim: a streamed
+    part would hold it while the client sends (a killed replica would keep the session busy
+    for the claim's lifetime), so such a writer gathers each part and claims only to send it."""
+    data = os.urandom(3 * PART)
+    w = await driver.writer("r/_uploads/cont/data", append=True)
+    w.expect(PART + 10)
+    await _write(w, data[: PART + 10])
+    await w.close()
+    w = await driver.writer("r/_uploads/cont/data", append=True)
+    assert w._state.upload_id is not None  # started by the first writer
+    w.expect(len(data) - PART - 10)
+    await w.write(data[PART + 10 : PART + 10 + MiB])
+    assert w._feed is None and w._state.claim is None  # gathering: nothing sent, no claim
+    await _write(w, data[PART + 10 + MiB :])
+    await w.commit()
+    assert await driver.get("r/_uploads/cont/data") == data

@@ -9,6 +9,7 @@ except under ``CI=true``, where they fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -286,6 +287,29 @@ async def test_writer_cancel_and_truncate(driver: StorageDriver) -> None:
     assert await driver.get(key) == b"xy"
 
 
+async def test_new_object_writer_is_invisible_until_commit(driver: StorageDriver) -> None:
+    """A writer of a new object (``append=False``: a whole blob written straight to its place)
+    shows nothing under its key, or in a listing, until ``commit``; ``cancel`` leaves nothing."""
+    data = os.urandom(6 * MiB)
+    for outcome in ("cancel", "commit"):
+        w = await driver.writer("new/blob/data")
+        w.expect(len(data))
+        await w.write(data[: 3 * MiB])
+        await w.write(data[3 * MiB :])
+        with pytest.raises(PathNotFound):
+            await driver.stat("new/blob/data")
+        with contextlib.suppress(PathNotFound):
+            assert await driver.list("new/blob") == []
+        if outcome == "cancel":
+            await w.cancel()
+            with pytest.raises(PathNotFound):
+                await driver.stat("new/blob/data")
+        else:
+            await w.commit()
+    assert await driver.get("new/blob/data") == data
+    assert await driver.list("new/blob") == ["data"]
+
+
 async def test_writer_small_and_empty_commit(driver: StorageDriver) -> None:
     w = await driver.writer("s/data", append=True)
     await w.write(b"tiny")
@@ -297,10 +321,6 @@ async def test_writer_small_and_empty_commit(driver: StorageDriver) -> None:
 
 
 # -- S3 only -------------------------------------------------------------------------------------
-
-
-def _raw(d: Any) -> Any:
-    return d.client
 
 
 async def test_s3_writer_parts_equal_and_invisible(s3_driver: Any) -> None:
@@ -316,9 +336,11 @@ async def test_s3_writer_parts_equal_and_invisible(s3_driver: Any) -> None:
     w = await s3_driver.writer(key, append=True)
     await w.write(os.urandom(4 * MiB))
     await w.close()
-    uploads = await _raw(s3_driver).list_multipart_uploads(Bucket=s3_driver.bucket, Prefix=full)
+    uploads = await (await s3_driver.botocore()).list_multipart_uploads(
+        Bucket=s3_driver.bucket, Prefix=full
+    )
     (upload,) = uploads["Uploads"]
-    parts = await _raw(s3_driver).list_parts(
+    parts = await (await s3_driver.botocore()).list_parts(
         Bucket=s3_driver.bucket, Key=full, UploadId=upload["UploadId"]
     )
     assert [p["Size"] for p in parts["Parts"]] == [PART, PART, PART]  # 17 MiB: 3 parts + tail
@@ -327,7 +349,9 @@ async def test_s3_writer_parts_equal_and_invisible(s3_driver: Any) -> None:
     await w.commit()
     assert (await s3_driver.stat(key)).size == 17 * MiB
     assert await s3_driver.list("r/_uploads/u") == ["data"]
-    left = await _raw(s3_driver).list_multipart_uploads(Bucket=s3_driver.bucket, Prefix=full)
+    left = await (await s3_driver.botocore()).list_multipart_uploads(
+        Bucket=s3_driver.bucket, Prefix=full
+    )
     assert not left.get("Uploads")
     assert [i.key async for i in s3_driver.walk("r")] == [key]  # no state or tail left
 
@@ -381,14 +405,16 @@ async def test_s3_deleting_upload_dir_aborts_multipart(s3_driver: Any) -> None:
     await w.close()
     await s3_driver.delete_tree("r/_uploads/gone")
     prefix = s3_driver.full_key("r/")
-    left = await _raw(s3_driver).list_multipart_uploads(Bucket=s3_driver.bucket, Prefix=prefix)
+    left = await (await s3_driver.botocore()).list_multipart_uploads(
+        Bucket=s3_driver.bucket, Prefix=prefix
+    )
     assert not left.get("Uploads")
     assert [i async for i in s3_driver.walk("r")] == []
 
 
 async def test_s3_root_directory_prefix(s3_driver: Any) -> None:
     await s3_driver.put("docker/registry/v2/x", b"1")
-    listing = await _raw(s3_driver).list_objects_v2(
+    listing = await (await s3_driver.botocore()).list_objects_v2(
         Bucket=s3_driver.bucket, Prefix=s3_driver.prefix + "/"
     )
     assert [o["Key"] for o in listing["Contents"]] == [f"{s3_driver.prefix}/docker/registry/v2/x"]

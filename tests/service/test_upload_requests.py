@@ -1,17 +1,30 @@
-"""What a chunked push of a small blob (POST, PATCH, PUT: what docker, containerd and skopeo
-send) asks of storage, on every driver: no hash state read before the first byte, and on S3,
-where the session's bytes travel in the writer's state, completion without commit and move."""
+"""What pushes ask of storage, on every driver.
+
+* A chunked push of a small blob (POST, PATCH, PUT: what docker, containerd and skopeo send):
+  no hash state read before the first byte, and on S3, where the session's bytes travel in the
+  writer's state, completion without commit and move.
+* A whole blob in the final PUT or a POST ``?digest=``: written straight to its place and
+  committed once verified, without the session's data, hash state or a move.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 
 from berth.app import create_app
+from berth.registry.digest import Digest
+from berth.storage import paths
+from berth.storage.driver import PathNotFound
 
-from .conftest import Backend
+from .conftest import PART, Backend
 from .gc_fixtures import RecordingDriver
+
+MiB = 1024 * 1024
 
 
 async def test_small_chunked_push(backend: Backend) -> None:
@@ -38,3 +51,72 @@ async def test_small_chunked_push(backend: Backend) -> None:
             assert driver.ops["move"] == (2 if backend.kind == "filesystem" else 0), driver.ops
             r = await c.get(f"/v2/app/blobs/{digest}")
             assert r.status_code == 200 and r.content == data
+
+
+async def _recorded_app(backend: Backend, driver: RecordingDriver) -> httpx.AsyncClient:
+    app = create_app(backend.settings(redirect=False), driver=driver)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r")
+
+
+async def test_a_whole_blob_in_the_final_put_goes_straight_to_its_place(backend: Backend) -> None:
+    """POST, then PUT ?digest= with the whole blob (containerd's push): written where the blob
+    lives, committed once verified; no session data, hash state or move (on S3 a copy)."""
+    data = os.urandom(PART + 3 * MiB)  # several parts on S3
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    async with backend.driver() as inner:
+        driver = RecordingDriver(inner)
+        async with await _recorded_app(backend, driver) as c:
+            location = (await c.post("/v2/app/blobs/uploads/")).headers["Location"]
+            driver.reset()
+            r = await c.put(location, params={"digest": digest}, content=data)
+            assert r.status_code == 201, r.text
+            assert driver.ops["move"] == 0, driver.ops
+            assert not [k for k in driver.written if "/hashstates/" in k or "_uploads" in k]
+            assert (await c.get(location)).status_code == 404  # the session is gone
+            r = await c.get(f"/v2/app/blobs/{digest}")
+            assert r.status_code == 200 and r.content == data
+            # POST ?digest= with the whole blob takes the same way.
+            other = data[::-1]
+            od = "sha256:" + hashlib.sha256(other).hexdigest()
+            driver.reset()
+            r = await c.post("/v2/app/blobs/uploads/", params={"digest": od}, content=other)
+            assert r.status_code == 201, r.text
+            assert driver.ops["move"] == 0, driver.ops
+            assert (await c.get(f"/v2/app/blobs/{od}")).content == other
+
+
+async def test_a_whole_blob_that_fails_leaves_nothing_under_its_digest(backend: Backend) -> None:
+    """Wrong digest: DIGEST_INVALID and the session ends. A body that breaks off: the
+    session stays, empty, and the same PUT again succeeds. Nothing ever appears under the
+    digest in between."""
+    data = os.urandom(PART + MiB)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    wrong = "sha256:" + hashlib.sha256(b"something else").hexdigest()
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield data[: PART // 2]
+        yield data[PART // 2 : PART + 1000]
+        raise ConnectionResetError("client went away")
+
+    async with (
+        backend.driver() as driver,
+        await _recorded_app(backend, RecordingDriver(driver)) as c,
+    ):
+        location = (await c.post("/v2/app/blobs/uploads/")).headers["Location"]
+        r = await c.put(location, params={"digest": wrong}, content=data)
+        assert r.status_code == 400 and r.json()["errors"][0]["code"] == "DIGEST_INVALID"
+        assert (await c.get(location)).status_code == 404
+        for d in (digest, wrong):
+            with pytest.raises(PathNotFound):
+                await driver.stat(paths.blob_data(Digest.parse(d)))
+
+        location = (await c.post("/v2/app/blobs/uploads/")).headers["Location"]
+        with pytest.raises(ConnectionResetError):
+            await c.put(location, params={"digest": digest}, content=broken())
+        assert (await c.head(f"/v2/app/blobs/{digest}")).status_code == 404
+        r = await c.get(location)
+        assert r.status_code == 204 and r.headers["Range"] == "0-0"
+        r = await c.put(location, params={"digest": digest}, content=data)
+        assert r.status_code == 201, r.text
+        assert (await c.get(f"/v2/app/blobs/{digest}")).content == data
+        assert (await driver.stat(paths.blob_data(Digest.parse(digest)))).size == len(data)

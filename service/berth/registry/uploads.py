@@ -178,6 +178,10 @@ class Uploads:
             if size is not None:
                 return await self._pushed(name, digest, size, origin)
             body = _once(data)
+        elif body is not None and (content_range is None or content_range[0] == 0):
+            size = await self._complete_whole(name, upload_id, digest, body, content_length)
+            if size is not None:
+                return await self._pushed(name, digest, size, origin)
         if body is not None:
             await self.append(name, upload_id, body, content_range, content_length)
             writer = await self.open_data(name, upload_id)
@@ -240,6 +244,56 @@ class Uploads:
                 raise BlobUploadInvalid("a chunk for this upload arrived while it was completing")
         await self.blobs.link(name, digest)
         await self.driver.delete_tree(paths.upload_dir(name, upload_id))
+        return size
+
+    async def _complete_whole(
+        self,
+        name: str,
+        upload_id: str,
+        digest: Digest,
+        body: AsyncIterable[bytes],
+        content_length: int | None,
+    ) -> int | None:
+        """The whole blob arrives with the final PUT (or a POST ``?digest=``) into an empty
+        session: written straight to its place (invisible until committed) while hashed, and
+        committed only once verified. No session data, writer state, hash state or move (on
+        S3 a server-side copy of the whole blob). None when the session already holds chunks
+        (the caller appends to it)."""
+        session, writer = await asyncio.gather(
+            self._open_session(name, upload_id), self.driver.writer(paths.blob_data(digest))
+        )
+        await session.close()
+        if session.size:
+            await writer.cancel()
+            return None
+        try:
+            if content_length is not None:
+                writer.expect(content_length)
+            hasher = new_hasher(digest.algorithm)
+            await _copy(body, writer, hasher)
+            if hasher.hexdigest() != digest.hex:
+                raise DigestInvalid(f"content does not match digest {digest}")
+            size = writer.size
+            # The GC handshake before the blob appears, as for a move (``adopt``).
+            if await self.blobs.reserve(digest, touch_absent=True) is not None:
+                await writer.cancel()  # stored meanwhile (the same content): keep that one
+            else:
+                await writer.commit()
+                self.blobs.forget(digest)
+                if await self.blobs.reserve(digest) is None:  # a GC removed it at once
+                    raise BlobUploadInvalid(
+                        "the blob was garbage-collected during the upload; retry"
+                    )
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await writer.cancel()
+            if isinstance(exc, DigestInvalid | BlobUploadInvalid):
+                await self.driver.delete_tree(paths.upload_dir(name, upload_id))
+            raise
+        await asyncio.gather(
+            self.blobs.link(name, digest),
+            self.driver.delete_tree(paths.upload_dir(name, upload_id)),
+        )
         return size
 
     async def cancel(self, name: str, upload_id: str) -> None:

@@ -27,6 +27,7 @@ from .driver import (
     ObjectInfo,
     PathNotFound,
     StorageDriver,
+    StorageUnavailable,
     WriterBusy,
 )
 
@@ -176,8 +177,10 @@ class FilesystemDriver(StorageDriver):
     async def writer(self, key: str, append: bool = False) -> FileWriter:
         path = self._path(key)
         if not append:
-            handle = await asyncio.to_thread(_retry_missing_parent, path, "wb")
-            return _FilesystemWriter(key, path, handle, 0)
+            # A new object: written under a hidden temporary name, moved into place by commit.
+            staging = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+            handle = await asyncio.to_thread(_retry_missing_parent, staging, "wb")
+            return _FilesystemWriter(key, path, handle, 0, staging)
         try:
             size = os.stat(self._fspath(key)).st_size
         except (FileNotFoundError, NotADirectoryError):
@@ -190,11 +193,25 @@ class FilesystemDriver(StorageDriver):
 
 
 class _FilesystemWriter(FileWriter):
-    def __init__(self, key: str, path: Path, handle: BinaryIO | None, size: int) -> None:
+    def __init__(
+        self, key: str, path: Path, handle: BinaryIO | None, size: int, staging: Path | None = None
+    ) -> None:
         self._key = key
         self._path = path
         self._handle = handle
         self.size = size
+        self._staging = staging  # a new object's temporary file, until commit or close
+
+    def _place(self) -> None:
+        """Move a new object's temporary file to its name (atomic: readers see all or none)."""
+        staging, self._staging = self._staging, None
+        if staging is None:
+            return
+        try:
+            os.replace(staging, self._path)
+        except FileNotFoundError:
+            # A concurrent delete of the directory (GC removing a blob directory) took it.
+            raise StorageUnavailable(f"{self._key}: removed while being written; retry") from None
 
     def _lock(self) -> BinaryIO:
         """Open for append and take the appenders' lock (flock is per open file, so it excludes
@@ -226,6 +243,7 @@ class _FilesystemWriter(FileWriter):
         handle, self._handle = self._handle, None
         if handle is not None:
             await asyncio.to_thread(handle.close)
+        await asyncio.to_thread(self._place)  # kept under its name, to be continued
 
     async def commit(self) -> None:
         def _commit() -> None:
@@ -234,6 +252,7 @@ class _FilesystemWriter(FileWriter):
             os.fsync(handle.fileno())
             handle.close()
             self._handle = None
+            self._place()
 
         await asyncio.to_thread(_commit)
 
@@ -242,8 +261,9 @@ class _FilesystemWriter(FileWriter):
             if self._handle is not None:
                 self._handle.close()
                 self._handle = None
+            staging, self._staging = self._staging, None
             with contextlib.suppress(FileNotFoundError):
-                self._path.unlink()
+                (staging or self._path).unlink()
 
         await asyncio.to_thread(_cancel)
 

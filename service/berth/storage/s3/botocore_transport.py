@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import call, error_code, is_not_found, is_transient, translate
 from .transport import CopyTooLarge, DeleteFailure, Entry, Head, ListPage, S3Transport
+from .writer import PartBody
 
 _BODY_ERRORS = (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError)
 
@@ -138,6 +139,15 @@ class BotocoreTransport(S3Transport):
         except _BODY_ERRORS as exc:
             raise translate(exc, key) from exc
 
+    async def create_upload(self, full: str, key: str) -> str:
+        resp = await call(
+            key,
+            self._client.create_multipart_upload(
+                Bucket=self._bucket, Key=full, **self._object_args
+            ),
+        )
+        return str(resp["UploadId"])
+
     async def upload_part(
         self,
         full: str,
@@ -145,15 +155,19 @@ class BotocoreTransport(S3Transport):
         upload_id: str,
         number: int,
         length: int,
-        chunks: AsyncIterable[bytes | memoryview],
+        body: bytes | bytearray | AsyncIterable[bytes | memoryview],
     ) -> str:
-        # botocore signs the payload over http, so the part is gathered first (the lean
-        # client streams it).
-        body = bytearray()
-        async for chunk in chunks:
-            body += chunk
-        if len(body) != length:
-            raise ValueError(f"part {number} of {key}: {len(body)} bytes, not {length}")
+        if isinstance(body, bytes | bytearray):
+            payload: Any = PartBody(body) if isinstance(body, bytearray) else body
+        else:
+            # botocore signs the payload over http, so the part is gathered first (the lean
+            # client streams it).
+            gathered = bytearray()
+            async for chunk in body:
+                gathered += chunk
+            payload = bytes(gathered)
+        if len(payload) != length:
+            raise ValueError(f"part {number} of {key}: {len(payload)} bytes, not {length}")
         resp = await call(
             key,
             self._client.upload_part(
@@ -161,11 +175,32 @@ class BotocoreTransport(S3Transport):
                 Key=full,
                 UploadId=upload_id,
                 PartNumber=number,
-                Body=bytes(body),
+                Body=payload,
                 ContentLength=length,
             ),
         )
         return str(resp["ETag"])
+
+    async def complete_upload(self, full: str, key: str, upload_id: str, etags: list[str]) -> None:
+        parts = [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]
+        await call(
+            key,
+            self._client.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            ),
+        )
+
+    async def abort_upload(self, full: str, key: str, upload_id: str) -> None:
+        await call(
+            key,
+            self._client.abort_multipart_upload(Bucket=self._bucket, Key=full, UploadId=upload_id),
+        )
+
+    async def ping(self) -> None:
+        await call("", self._client.head_bucket(Bucket=self._bucket))
 
     async def presign(self, full: str, expires_in: int) -> str:
         url: str = await self._signer.generate_presigned_url(

@@ -1,14 +1,16 @@
 """The ``s3`` storage driver (aiobotocore): Distribution's key layout in a bucket.
 
-One client per process, created in ``start()``, with a connection pool sized for the
-concurrency, path-style addressing, standard retries (exponential backoff with jitter for
-throttling, 5xx, timeouts and resets), no payload hashing or extra checksums on the hot path
-(the registry verifies every digest itself), and a second client, which never opens a
-connection, that signs redirect URLs for the public endpoint.
+Single-object requests, listings, copies, presigning and multipart uploads go through one
+``S3Transport`` (``transport``), chosen in ``start()``: the lean client (``fastpath``) or
+botocore (``botocore_transport``).
 
-Single-object requests, listings, copies and presigning go through one ``S3Transport``
-(``transport``), chosen in ``start()``: the lean client (``fastpath``) or botocore
-(``botocore_transport``); multipart uploads and ranged reads use the aiobotocore client.
+The aiobotocore client (one per process: a connection pool sized for the concurrency,
+path-style addressing, standard retries with backoff and jitter, no payload hashing or extra
+checksums, as the registry verifies every digest itself) serves the botocore transport, and
+with the lean client only ranged reads, multipart copies and the listing of multipart uploads:
+then it is created when first needed (``botocore()``), since loading its service model costs
+each worker about 11 MiB. A second client, which never opens a connection, signs redirect URLs
+for a public endpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -72,6 +74,7 @@ class S3Driver(StorageDriver):
         self._session = session
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
+        self._client_lock = asyncio.Lock()
         self._transport: S3Transport | None = None
         args: dict[str, Any] = {}
         if settings.storage_class:
@@ -121,52 +124,83 @@ class S3Driver(StorageDriver):
         return args
 
     async def start(self) -> None:
-        if self._client is not None:
+        if self._transport is not None:
             return
         _tune_malloc()
         session = self._session or get_session()
         if self.settings.profile:
             session.set_config_variable("profile", self.settings.profile)
-        stack = contextlib.AsyncExitStack()
+        self._session = session
+        self._stack = contextlib.AsyncExitStack()
         s = self.settings
-        self._client = await stack.enter_async_context(
-            session.create_client(
-                "s3",
-                config=self._config(s.max_pool_connections),
-                **self._client_args(s.endpoint_url),
-            )
-        )
-        retry_more(self._client, s.max_attempts)
-        self._stack = stack
-        signer_creds = getattr(getattr(self._client, "_request_signer", None), "_credentials", None)
-        if s.fast_path and s.endpoint_url and s.path_style and signer_creds is not None:
-
-            async def credentials() -> Frozen:
-                frozen = await signer_creds.get_frozen_credentials()
-                return Frozen(frozen.access_key, frozen.secret_key, frozen.token)
-
-            put_headers = {
-                {
-                    "StorageClass": "x-amz-storage-class",
-                    "ServerSideEncryption": "x-amz-server-side-encryption",
-                    "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
-                }[k]: v
-                for k, v in self.object_args.items()
-            }
-            self._transport = FastS3(s, credentials, put_headers)
-            return
+        if s.fast_path and s.endpoint_url and s.path_style:
+            credentials = await self._credentials(session)
+            if credentials is not None:
+                put_headers = {
+                    {
+                        "StorageClass": "x-amz-storage-class",
+                        "ServerSideEncryption": "x-amz-server-side-encryption",
+                        "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
+                    }[k]: v
+                    for k, v in self.object_args.items()
+                }
+                self._transport = FastS3(s, credentials, put_headers)
+                return
+        client = await self.botocore()
         public = s.public_endpoint_url or s.endpoint_url
-        signer = self._client
+        signer = client
         if public != s.endpoint_url:
-            signer = await stack.enter_async_context(
+            signer = await self._stack.enter_async_context(
                 session.create_client("s3", config=self._config(1), **self._client_args(public))
             )
-        self._transport = BotocoreTransport(self._client, signer, self.bucket, self.object_args)
+        self._transport = BotocoreTransport(client, signer, self.bucket, self.object_args)
+
+    async def _credentials(self, session: AioSession) -> Callable[[], Awaitable[Frozen]] | None:
+        """What signs the lean client's requests: the configured keys, else botocore's chain
+        (refreshed as botocore does); None without credentials (botocore's transport then)."""
+        s = self.settings
+        if s.access_key_id and s.secret_access_key:
+            static = Frozen(s.access_key_id, s.secret_access_key, None)
+
+            async def fixed() -> Frozen:
+                return static
+
+            return fixed
+        chain = await session.get_credentials()
+        if chain is None:
+            return None
+
+        async def refreshed() -> Frozen:
+            frozen = await chain.get_frozen_credentials()
+            return Frozen(frozen.access_key, frozen.secret_key, frozen.token)
+
+        return refreshed
+
+    async def botocore(self) -> Any:
+        """The aiobotocore client, created at the first call."""
+        if self._client is not None:
+            return self._client
+        if self._stack is None or self._session is None:
+            raise RuntimeError("S3Driver.start() was not called")
+        async with self._client_lock:
+            if self._client is None:
+                s = self.settings
+                client = await self._stack.enter_async_context(
+                    self._session.create_client(
+                        "s3",
+                        config=self._config(s.max_pool_connections),
+                        **self._client_args(s.endpoint_url),
+                    )
+                )
+                retry_more(client, s.max_attempts)
+                self._client = client
+        return self._client
 
     @property
     def client(self) -> Any:
+        """The aiobotocore client once ``botocore()`` created it (tests reach the store with it)."""
         if self._client is None:
-            raise RuntimeError("S3Driver.start() was not called")
+            raise RuntimeError("no aiobotocore client yet: await S3Driver.botocore()")
         return self._client
 
     @property
@@ -235,12 +269,7 @@ class S3Driver(StorageDriver):
 
     async def abort_upload(self, full: str, upload_id: str) -> None:
         with contextlib.suppress(PathNotFound):
-            await call(
-                full,
-                self.client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=full, UploadId=upload_id
-                ),
-            )
+            await self.transport.abort_upload(full, full, upload_id)
 
     async def _list_full(self, prefix: str, delimiter: bool) -> AsyncIterator[ListPage]:
         token: str | None = None
@@ -281,7 +310,7 @@ class S3Driver(StorageDriver):
             if position or end is not None:
                 args["Range"] = f"bytes={position}-{'' if end is None else end - 1}"
             try:
-                resp = await self.client.get_object(**args)
+                resp = await (await self.botocore()).get_object(**args)
             except ClientError as exc:
                 if error_code(exc) == "InvalidRange" or http_status(exc) == 416:
                     return
@@ -388,7 +417,7 @@ class S3Driver(StorageDriver):
     async def _multipart_copy(self, src: str, src_full: str, dst_full: str) -> None:
         """Copy an object larger than CopyObject allows (5 GiB), part by part, server-side."""
         size = (await self.stat(src)).size
-        client = self.client
+        client = await self.botocore()
         resp = await call(
             src,
             client.create_multipart_upload(Bucket=self.bucket, Key=dst_full, **self.object_args),
@@ -444,7 +473,7 @@ class S3Driver(StorageDriver):
         return await self.transport.presign(self.full_key(key), expires_in)
 
     async def ping(self) -> None:
-        await call("", self.client.head_bucket(Bucket=self.bucket))
+        await self.transport.ping()
 
     # -- maintenance -----------------------------------------------------------------------------
 
@@ -454,7 +483,7 @@ class S3Driver(StorageDriver):
         aborted = 0
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._dir_prefix("")}
         while True:
-            page = await call("", self.client.list_multipart_uploads(**args))
+            page = await call("", (await self.botocore()).list_multipart_uploads(**args))
             for upload in page.get("Uploads", []):
                 if upload["Initiated"].timestamp() >= older_than:
                     continue

@@ -7,9 +7,9 @@ parsing); a manifest GET or blob HEAD is a single such request, so that overhead
 registry's own cost. This client signs (a few HMACs, signing keys cached per day) and sends the
 request itself, with the same credentials (botocore's chain, refreshed as botocore does), the
 same retries (exponential backoff with jitter for throttling, 5xx, timeouts and resets) and the
-same errors (``errors.classify``). It also streams UploadPart bodies as they arrive
-(``upload_part``); creating, completing and aborting multipart uploads and ranged reads stay on
-botocore.
+same errors (``errors.classify``). It also runs multipart uploads (create, parts, complete,
+abort), streaming a part's body as it arrives; ranged reads, multipart copies and the listing
+of multipart uploads stay on botocore, whose client is created only when first needed.
 
 Only path-style addressing against a configured endpoint uses it (``storage.s3.fast_path``).
 """
@@ -221,6 +221,15 @@ class FastS3(S3Transport):
         )
         return url, path, query
 
+    async def create_upload(self, full: str, key: str) -> str:
+        headers = {"content-type": "application/octet-stream", **self._put_headers}
+        r = await self.request("POST", full, key, b"", headers, {"uploads": ""})
+        _check(r, key)
+        upload_id = _text(r.body, "UploadId")
+        if not upload_id:
+            raise classify(500, "InternalError", key, "CreateMultipartUpload gave no UploadId")
+        return upload_id
+
     async def upload_part(
         self,
         full: str,
@@ -228,22 +237,48 @@ class FastS3(S3Transport):
         upload_id: str,
         number: int,
         length: int,
-        chunks: AsyncIterable[bytes | memoryview],
+        body: bytes | bytearray | AsyncIterable[bytes | memoryview],
     ) -> str:
-        """Streamed: each chunk goes out as it comes (UNSIGNED-PAYLOAD, a fixed
-        Content-Length), so a part is never held whole in memory."""
-        url, path, query = self._url(full, {"partNumber": str(number), "uploadId": upload_id})
-        headers = {"content-length": str(length)}
-        self._sign("PUT", path, query, headers, await self._credentials())
-        try:
-            async with self._session.put(url, data=chunks, headers=headers) as r:
-                reply = Reply(r.status, r.headers, await r.read())
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise StorageUnavailable(
-                f"object store: part {number} of {key}: {type(exc).__name__}: {exc}"
-            ) from exc
-        _check(reply, key)
-        return str(reply.headers.get("ETag", ""))
+        """A bytes-like body is one request with retries; chunks are streamed as they come
+        (UNSIGNED-PAYLOAD, a fixed Content-Length), so a part is never held whole in memory."""
+        params = {"partNumber": str(number), "uploadId": upload_id}
+        if isinstance(body, bytes | bytearray):
+            r = await self.request("PUT", full, key, bytes(body), None, params)
+        else:
+            url, path, query = self._url(full, params)
+            headers = {"content-length": str(length)}
+            self._sign("PUT", path, query, headers, await self._credentials())
+            try:
+                async with self._session.put(url, data=body, headers=headers) as resp:
+                    r = Reply(resp.status, resp.headers, await resp.read())
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise StorageUnavailable(
+                    f"object store: part {number} of {key}: {type(exc).__name__}: {exc}"
+                ) from exc
+        _check(r, key)
+        return str(r.headers.get("ETag", ""))
+
+    async def complete_upload(self, full: str, key: str, upload_id: str, etags: list[str]) -> None:
+        body = (
+            "<CompleteMultipartUpload>"
+            + "".join(
+                f"<Part><PartNumber>{i + 1}</PartNumber><ETag>{escape(e)}</ETag></Part>"
+                for i, e in enumerate(etags)
+            )
+            + "</CompleteMultipartUpload>"
+        ).encode()
+        headers = {"content-type": "application/xml"}
+        r = await self.request("POST", full, key, body, headers, {"uploadId": upload_id})
+        _check(r, key)
+        if b"<Error>" in r.body:  # S3 may fail a completion after the 200
+            code, message = _error(r.body)
+            raise classify(500, code, key, message)
+
+    async def abort_upload(self, full: str, key: str, upload_id: str) -> None:
+        _check(await self.request("DELETE", full, key, params={"uploadId": upload_id}), key)
+
+    async def ping(self) -> None:
+        _check(await self.request("HEAD", None, ""), "")
 
     async def list_page(
         self, prefix: str, delimiter: bool, token: str | None = None, max_keys: int = 1000
@@ -349,6 +384,13 @@ def _error(body: bytes) -> tuple[str, str]:
     if error is None:
         return "", ""
     return error.findtext("Code", ""), error.findtext("Message", "")
+
+
+def _text(body: bytes, tag: str) -> str:
+    """The text of the first ``tag`` element of an XML answer, in any namespace."""
+    root = ElementTree.fromstring(body)
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    return root.findtext(f".//{ns}{tag}") or ""
 
 
 def _check(r: Reply, key: str) -> None:

@@ -94,6 +94,10 @@ class S3Transport(ABC):
         """Server-side CopyObject; raises CopyTooLarge when the store wants a multipart copy."""
 
     @abstractmethod
+    async def create_upload(self, full: str, key: str) -> str:
+        """CreateMultipartUpload (with the object settings of a PutObject); its upload id."""
+
+    @abstractmethod
     async def upload_part(
         self,
         full: str,
@@ -101,11 +105,24 @@ class S3Transport(ABC):
         upload_id: str,
         number: int,
         length: int,
-        chunks: AsyncIterable[bytes | memoryview],
+        body: bytes | bytearray | AsyncIterable[bytes | memoryview],
     ) -> str:
-        """UploadPart of exactly ``length`` bytes taken from ``chunks`` as they come; returns
-        the ETag. Never retried (the bytes are not kept): a failure raises the driver's error
-        and the caller sends the part again from its own copy, or gives it up."""
+        """UploadPart of exactly ``length`` bytes; returns the ETag. A bytes-like ``body`` is
+        retried like any request; chunks are sent as they come and never retried (the bytes
+        are not kept): the caller sends the part again from its own copy, or gives it up."""
+
+    @abstractmethod
+    async def complete_upload(self, full: str, key: str, upload_id: str, etags: list[str]) -> None:
+        """CompleteMultipartUpload of parts 1..n with these ETags (an error S3 reports after
+        its 200 raises too)."""
+
+    @abstractmethod
+    async def abort_upload(self, full: str, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload; an unknown upload raises PathNotFound."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """HeadBucket: the bucket is reachable with these credentials."""
 
     @abstractmethod
     async def presign(self, full: str, expires_in: int) -> str:

@@ -36,8 +36,9 @@ persists stays contiguous. ``close``, ``commit`` and ``cancel`` wait for every p
 Memory per open writer is bounded by ``parts_in_flight`` + 1 parts plus one incoming write
 (one part when the budget is spent).
 
-Streamed parts: after ``expect(n)`` (a request's Content-Length), a part that the coming bytes
-will fill is not gathered: its UploadPart starts at once with the buffered bytes as its start
+Streamed parts: after ``expect(n)`` (a request's Content-Length), a writer that starts its own
+multipart upload (the first chunk of a session, or a whole blob) does not gather a part that
+the coming bytes will fill: its UploadPart starts at once with the buffered bytes as its start
 and takes each write's bytes as they arrive (``_Feed``: one piece at a time, so a writer holds
 about one piece instead of one part). Its bytes are not kept, so it cannot be sent again: when
 a streamed part fails, or the writer closes before feeding all of it (the client went away),
@@ -64,7 +65,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..driver import FileWriter, PathNotFound, StorageUnavailable, WriterBusy
-from .errors import call
 
 if TYPE_CHECKING:
     from .driver import S3Driver
@@ -316,7 +316,14 @@ class S3Writer(FileWriter):
         while view:
             if len(self._buffer) >= part_size:  # a tail restored after a failure
                 await self._send_whole_parts()
-            streamable = self._expected and len(self._buffer) + self._expected >= part_size
+            # Only in a multipart upload this writer started: adding parts to another's needs
+            # the claim, which a streamed part would hold for as long as the client sends,
+            # and a replica killed meanwhile would leave the session busy for CLAIM_SECONDS.
+            streamable = (
+                self._expected
+                and not self._shared_upload
+                and len(self._buffer) + self._expected >= part_size
+            )
             if self._feed is None and streamable:
                 await self._start_part(part_size, stream=True)
             if self._feed is not None:
@@ -384,13 +391,8 @@ class S3Writer(FileWriter):
         await self._settle(limit - 1)  # room for one more part
         await self._claim()
         if self._state.upload_id is None:
-            resp = await call(
-                self._key,
-                self._driver.client.create_multipart_upload(
-                    Bucket=self._driver.bucket, Key=self._bucket_key, **self._driver.object_args
-                ),
-            )
-            self._state.upload_id = resp["UploadId"]
+            upload_id = await self._driver.transport.create_upload(self._bucket_key, self._key)
+            self._state.upload_id = upload_id
         # No await from here until the part is in ``_inflight``.
         number = len(self._state.etags) + len(self._inflight) + 1
         if stream:
@@ -523,20 +525,10 @@ class S3Writer(FileWriter):
 
     async def _upload_part(self, number: int, body: bytes | bytearray) -> str:
         """UploadPart (in its own task); returns the ETag."""
-        driver = self._driver
         assert self._state.upload_id is not None
-        resp = await call(
-            self._key,
-            driver.client.upload_part(
-                Bucket=driver.bucket,
-                Key=self._bucket_key,
-                UploadId=self._state.upload_id,
-                PartNumber=number,
-                Body=PartBody(body) if isinstance(body, bytearray) else body,
-                ContentLength=len(body),
-            ),
+        return await self._driver.transport.upload_part(
+            self._bucket_key, self._key, self._state.upload_id, number, len(body), body
         )
-        return str(resp["ETag"])
 
     async def close(self) -> None:
         """Persist the progress (tail object, then state) so another process can continue.
@@ -601,21 +593,12 @@ class S3Writer(FileWriter):
     async def commit(self) -> None:
         """Make ``K`` visible atomically, then drop the state and tail objects."""
         driver, state = self._driver, self._state
-        client, bucket = driver.client, driver.bucket
         if state.upload_id is None:
             if self._tail_loaded or self._buffer:
                 await driver.put_full(self._bucket_key, bytes(self._buffer))
             else:
                 assert state.tail_key is not None
-                await call(
-                    self._key,
-                    client.copy_object(
-                        Bucket=bucket,
-                        Key=self._bucket_key,
-                        CopySource={"Bucket": bucket, "Key": state.tail_key},
-                        **driver.object_args,
-                    ),
-                )
+                await driver.transport.copy(state.tail_key, self._bucket_key, self._key)
         else:
             try:
                 if self._cut_feed():  # a streamed part short of its bytes: cut back
@@ -627,15 +610,8 @@ class S3Writer(FileWriter):
                     await self._start_part(len(self._buffer))
                 await self._settle(0)
                 await self._claim()  # no other writer may be adding a part as we complete
-                parts = [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(state.etags)]
-                await call(
-                    self._key,
-                    client.complete_multipart_upload(
-                        Bucket=bucket,
-                        Key=self._bucket_key,
-                        UploadId=state.upload_id,
-                        MultipartUpload={"Parts": parts},
-                    ),
+                await driver.transport.complete_upload(
+                    self._bucket_key, self._key, state.upload_id, state.etags
                 )
             except BaseException:
                 await self._abandon()
