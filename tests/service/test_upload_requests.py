@@ -86,9 +86,9 @@ async def test_a_whole_blob_in_the_final_put_goes_straight_to_its_place(backend:
 
 
 async def test_a_whole_blob_that_fails_leaves_nothing_under_its_digest(backend: Backend) -> None:
-    """Wrong digest: DIGEST_INVALID and the session ends. A body that breaks off: the
-    session stays, empty, and the same PUT again succeeds. Nothing ever appears under the
-    digest in between."""
+    """Wrong digest: DIGEST_INVALID and the session ends; an unknown session: 404. A body that
+    breaks off: the session stays, empty, and the same PUT again succeeds. Nothing ever
+    appears under the digest in between, not even a directory."""
     data = os.urandom(PART + MiB)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     wrong = "sha256:" + hashlib.sha256(b"something else").hexdigest()
@@ -106,9 +106,14 @@ async def test_a_whole_blob_that_fails_leaves_nothing_under_its_digest(backend: 
         r = await c.put(location, params={"digest": wrong}, content=data)
         assert r.status_code == 400 and r.json()["errors"][0]["code"] == "DIGEST_INVALID"
         assert (await c.get(location)).status_code == 404
-        for d in (digest, wrong):
+        unknown = "/v2/app/blobs/uploads/00000000-0000-4000-8000-000000000000"
+        r = await c.put(unknown, params={"digest": digest}, content=data)
+        assert r.status_code == 404 and r.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+        for d in (digest, wrong):  # no object, and no directory left behind either
             with pytest.raises(PathNotFound):
                 await driver.stat(paths.blob_data(Digest.parse(d)))
+            with pytest.raises(PathNotFound):
+                await driver.list(paths.blob_dir(Digest.parse(d)))
 
         location = (await c.post("/v2/app/blobs/uploads/")).headers["Location"]
         with pytest.raises(ConnectionResetError):

@@ -259,9 +259,17 @@ class Uploads:
         committed only once verified. No session data, writer state, hash state or move (on
         S3 a server-side copy of the whole blob). None when the session already holds chunks
         (the caller appends to it)."""
-        session, writer = await asyncio.gather(
-            self._open_session(name, upload_id), self.driver.writer(paths.blob_data(digest))
+        opened = await asyncio.gather(
+            self._open_session(name, upload_id),
+            self.driver.writer(paths.blob_data(digest)),
+            return_exceptions=True,
         )
+        session, writer = opened
+        if isinstance(writer, BaseException):
+            raise writer
+        if isinstance(session, BaseException):
+            await writer.cancel()  # an unknown session leaves nothing under the digest
+            raise session
         await session.close()
         if session.size:
             await writer.cancel()

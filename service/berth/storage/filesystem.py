@@ -180,7 +180,7 @@ class FilesystemDriver(StorageDriver):
             # A new object: written under a hidden temporary name, moved into place by commit.
             staging = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
             handle = await asyncio.to_thread(_retry_missing_parent, staging, "wb")
-            return _FilesystemWriter(key, path, handle, 0, staging)
+            return _FilesystemWriter(key, path, handle, 0, (staging, self.root))
         try:
             size = os.stat(self._fspath(key)).st_size
         except (FileNotFoundError, NotADirectoryError):
@@ -194,13 +194,20 @@ class FilesystemDriver(StorageDriver):
 
 class _FilesystemWriter(FileWriter):
     def __init__(
-        self, key: str, path: Path, handle: BinaryIO | None, size: int, staging: Path | None = None
+        self,
+        key: str,
+        path: Path,
+        handle: BinaryIO | None,
+        size: int,
+        staging: tuple[Path, Path] | None = None,
     ) -> None:
         self._key = key
         self._path = path
         self._handle = handle
         self.size = size
-        self._staging = staging  # a new object's temporary file, until commit or close
+        # A new object's temporary file (until commit or close), and the root: a cancelled new
+        # object leaves no directory behind (a wrong digest must not create blob directories).
+        self._staging = staging
 
     def _place(self) -> None:
         """Move a new object's temporary file to its name (atomic: readers see all or none)."""
@@ -208,7 +215,7 @@ class _FilesystemWriter(FileWriter):
         if staging is None:
             return
         try:
-            os.replace(staging, self._path)
+            os.replace(staging[0], self._path)
         except FileNotFoundError:
             # A concurrent delete of the directory (GC removing a blob directory) took it.
             raise StorageUnavailable(f"{self._key}: removed while being written; retry") from None
@@ -263,7 +270,9 @@ class _FilesystemWriter(FileWriter):
                 self._handle = None
             staging, self._staging = self._staging, None
             with contextlib.suppress(FileNotFoundError):
-                (staging or self._path).unlink()
+                (staging[0] if staging else self._path).unlink()
+            if staging:
+                _prune_empty_parents(staging[0].parent, staging[1])
 
         await asyncio.to_thread(_cancel)
 

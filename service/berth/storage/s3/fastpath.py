@@ -177,7 +177,7 @@ class FastS3(S3Transport):
         method: str,
         full_key: str | None,
         key: str,
-        body: bytes | None = None,
+        body: bytes | bytearray | None = None,
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
     ) -> Reply:
@@ -243,7 +243,7 @@ class FastS3(S3Transport):
         (UNSIGNED-PAYLOAD, a fixed Content-Length), so a part is never held whole in memory."""
         params = {"partNumber": str(number), "uploadId": upload_id}
         if isinstance(body, bytes | bytearray):
-            r = await self.request("PUT", full, key, bytes(body), None, params)
+            r = await self.request("PUT", full, key, body, None, params)  # sent without a copy
         else:
             url, path, query = self._url(full, params)
             headers = {"content-length": str(length)}
