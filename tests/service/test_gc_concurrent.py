@@ -257,6 +257,9 @@ async def test_pushes_during_gc_randomised_rounds(
     random.seed(seed)
     driver = JitterDriver(storage_root)
     pool = [f"shared layer {i} ".encode() * 50 for i in range(12)]
+    # Two over SMALL_BLOB: those go straight to blobs/…/data through a writer invisible until
+    # committed (uploads._complete_whole), racing the GC that removes the same digest.
+    pool += [f"large shared layer {i} ".encode() * 70_000 for i in range(2)]
     deleted_total = retries = in_use = 0
     gc_times: list[float] = []
     rounds = 8

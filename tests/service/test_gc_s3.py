@@ -121,6 +121,8 @@ async def test_s3_pushes_during_gc_randomised_rounds(s3: Any) -> None:
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     pool = [f"s3 shared layer {i} ".encode() * 30 for i in range(8)]
+    # One over SMALL_BLOB: written straight to its key, completed after the GC handshake.
+    pool += [b"s3 large shared layer " * 60_000]
     deleted = retries = in_use = 0
     for rnd in range(3):
         for i in range(2):
