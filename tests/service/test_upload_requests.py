@@ -125,3 +125,33 @@ async def test_a_whole_blob_that_fails_leaves_nothing_under_its_digest(backend: 
         assert r.status_code == 201, r.text
         assert (await c.get(f"/v2/app/blobs/{digest}")).content == data
         assert (await driver.stat(paths.blob_data(Digest.parse(digest)))).size == len(data)
+
+
+async def test_a_whole_blob_with_its_content_range(backend: Backend) -> None:
+    """A Content-Range from 0 that agrees with the body takes the straight way; one that
+    disagrees is refused (SIZE_INVALID, as for a chunk) and stores nothing."""
+    data = os.urandom(PART + MiB)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    async with backend.driver() as inner:
+        driver = RecordingDriver(inner)
+        async with await _recorded_app(backend, driver) as c:
+            location = (await c.post("/v2/app/blobs/uploads/")).headers["Location"]
+            r = await c.put(
+                location,
+                params={"digest": digest},
+                content=data,
+                headers={"Content-Range": f"0-{len(data)}"},  # one byte too many
+            )
+            assert r.status_code == 400 and r.json()["errors"][0]["code"] == "SIZE_INVALID"
+            with pytest.raises(PathNotFound):
+                await driver.stat(paths.blob_data(Digest.parse(digest)))
+            driver.reset()
+            r = await c.put(
+                location,
+                params={"digest": digest},
+                content=data,
+                headers={"Content-Range": f"0-{len(data) - 1}"},
+            )
+            assert r.status_code == 201, r.text
+            assert driver.ops["move"] == 0, driver.ops
+            assert (await c.get(f"/v2/app/blobs/{digest}")).content == data

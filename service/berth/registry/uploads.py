@@ -178,7 +178,10 @@ class Uploads:
             if size is not None:
                 return await self._pushed(name, digest, size, origin)
             body = _once(data)
-        elif body is not None and (content_range is None or content_range[0] == 0):
+        elif body is not None and _whole(content_range, content_length):
+            if content_range is not None:  # held to it, as ``append`` does
+                body = _exactly(body, content_range[1] + 1)
+                content_length = content_range[1] + 1
             size = await self._complete_whole(name, upload_id, digest, body, content_length)
             if size is not None:
                 return await self._pushed(name, digest, size, origin)
@@ -465,6 +468,15 @@ async def _write(writer: FileWriter, hasher: Hasher | None, data: bytearray) -> 
         await writer.write(data)
     else:
         await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+
+
+def _whole(content_range: tuple[int, int] | None, content_length: int | None) -> bool:
+    """Whether a final PUT's body may be the whole blob: no Content-Range, or one from 0 that
+    agrees with Content-Length (a chunk elsewhere, or a disagreement, goes through ``append``,
+    which answers it)."""
+    if content_range is None:
+        return True
+    return content_range[0] == 0 and content_length in (None, content_range[1] + 1)
 
 
 def _small(content_length: int | None) -> bool:
