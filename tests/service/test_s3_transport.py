@@ -60,6 +60,9 @@ class Recorder:
         self.requests.append((request.method, request.raw_path, headers))
         headers = {"ETag": '"etag"', "Last-Modified": "Mon, 06 May 2024 07:08:09 GMT"}
         xml = "application/xml"
+        if request.method == "POST" and "uploads" in request.query:
+            body = b"<InitiateMultipartUploadResult><UploadId>u+1/=</UploadId>"
+            return web.Response(body=body + b"</InitiateMultipartUploadResult>", content_type=xml)
         if request.method == "POST":
             return web.Response(body=b"<DeleteResult></DeleteResult>", content_type=xml)
         if request.method == "GET" and "list-type" in request.query:
@@ -235,16 +238,31 @@ async def test_botocore_signer_agrees_with_every_lean_request(
     recorder: Recorder, frozen_time: None, credentials: Credentials
 ) -> None:
     """Requests whose shape differs between the transports (ListObjectsV2 query, DeleteObjects
-    body with Content-MD5, CopyObject): botocore's signer signs the lean request alike."""
+    body with Content-MD5, CopyObject, the multipart upload's, HeadBucket): botocore's signer
+    signs the lean request alike."""
     lean, boto = await _pair(recorder.endpoint)
     try:
         d = lean
-        await d.transport.list_page("some dir/with space/", True, "next/token+=")
+        t = d.transport
+        await t.list_page("some dir/with space/", True, "next/token+=")
         await d.delete_full([d.full_key("a/b"), d.full_key("a/"), d.full_key("k&<>'\"")])
         await d.move("src/x y", "dst/z")  # CopyObject, then DeleteObject
         await d.get("plain/key")
         await d.put("p/q", b"body")
-        assert len(recorder.requests) == 6
+        full = d.full_key("up/lo ad")
+        upload_id = await t.create_upload(full, "up/lo ad")
+        assert upload_id == "u+1/="
+        await t.upload_part(full, "up/lo ad", upload_id, 1, 4, bytearray(b"part"))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"stre"
+            yield b"amed"
+
+        await t.upload_part(full, "up/lo ad", upload_id, 2, 8, chunks())
+        await t.complete_upload(full, "up/lo ad", upload_id, ['"e1"', '"e2"'])
+        await t.abort_upload(full, "up/lo ad", upload_id)
+        await t.ping()
+        assert len(recorder.requests) == 12
         for method, raw_path, headers in recorder.requests:
             auth = headers["authorization"]
             url = f"{recorder.endpoint}{raw_path}"
