@@ -100,17 +100,24 @@ def test_cross_repository_copy_and_mount(
 def test_ctr_push(
     tmp_path: Path, registry: Server, skopeo: Skopeo, containerd: Containerd, repo: str
 ):
-    """containerd as the pushing client (POST, then PUT of each blob; manifest PUT)."""
+    """containerd as the pushing client (POST, then PUT of each blob with its whole body;
+    manifest PUT). One layer is over 1 MiB, so its PUT is written straight to the blob's key
+    (uploads._complete_whole). The push names the registry by another host name than the pull,
+    so containerd cannot mount the blobs from the source repository and uploads them."""
     src = OCILayout(tmp_path / "src")
-    image = src.add_image(layers=2)
+    image = src.add_image(layers=2, files_per_layer=1000)  # random files: ~2 MiB a layer
+    assert max(d["size"] for d in image.blobs) > 1024 * 1024
     src.tag(image.descriptor, "v1")
     _push(skopeo, src, "v1", registry, f"{repo}/src:v1", "--preserve-digests")
     pulled = f"{registry.host}/{repo}/src:v1"
-    pushed = f"{registry.host}/{repo}/dst:copy"
+    pushed = f"localhost:{registry.port}/{repo}/dst:copy"
     containerd.ctr("images", "pull", "--plain-http", "--platform", "linux/amd64", pulled)
     containerd.ctr("images", "tag", pulled, pushed)
     containerd.ctr("images", "push", "--plain-http", "--platform", "linux/amd64", pushed)
     assert skopeo.inspect_raw(f"docker://{pushed}") == image.body
+    log = registry.log.read_text()
+    assert f"PUT /v2/{repo}/dst/blobs/uploads/" in log, "containerd mounted instead of uploading"
+    assert f"PATCH /v2/{repo}/dst/" not in log
     dst = OCILayout(tmp_path / "dst")
     skopeo.copy(f"docker://{pushed}", f"oci:{dst.path}:back", "--preserve-digests")
     for digest in closure(src, image.digest):
