@@ -250,7 +250,8 @@ class _FilesystemWriter(FileWriter):
         handle, self._handle = self._handle, None
         if handle is not None:
             await asyncio.to_thread(handle.close)
-        await asyncio.to_thread(self._place)  # kept under its name, to be continued
+        if self._staging is not None:  # a new object: kept under its name, to be continued
+            await asyncio.to_thread(self._place)
 
     async def commit(self) -> None:
         def _commit() -> None:

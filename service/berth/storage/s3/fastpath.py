@@ -387,8 +387,11 @@ def _error(body: bytes) -> tuple[str, str]:
 
 
 def _text(body: bytes, tag: str) -> str:
-    """The text of the first ``tag`` element of an XML answer, in any namespace."""
-    root = ElementTree.fromstring(body)
+    """The text of the first ``tag`` element of an XML answer, in any namespace ("" if none)."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return ""
     ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
     return root.findtext(f".//{ns}{tag}") or ""
 
