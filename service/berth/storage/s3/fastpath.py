@@ -177,22 +177,36 @@ class FastS3(S3Transport):
         method: str,
         full_key: str | None,
         key: str,
-        body: bytes | bytearray | None = None,
+        body: bytes | bytearray | AsyncIterable[bytes | memoryview] | None = None,
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
     ) -> Reply:
         """One request with retries; 404 raises PathNotFound, an unreachable store
-        StorageUnavailable; other statuses are returned. ``full_key`` None: the bucket."""
-        url, path, query = self._url(full_key, params)
+        StorageUnavailable; other statuses are returned. ``full_key`` None: the bucket.
+
+        A body of chunks is sent as they come, once (it cannot be sent again); its
+        Content-Length is the caller's header."""
+        path = self._base_path
+        if full_key is not None:
+            path = f"{path}/{quote(full_key, safe='/~')}"
+        query = "&".join(
+            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
+            for k, v in sorted((params or {}).items())
+        )
+        url = URL(
+            f"{self._scheme}://{self._host}{path}" + (f"?{query}" if query else ""), encoded=True
+        )
+        whole = body is None or isinstance(body, bytes | bytearray)
+        attempts = self._max_attempts if whole else 1
         last = ""
-        for attempt in range(self._max_attempts):
+        for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(random.random() * min(20.0, 2.0**attempt))
             signed = {k.lower(): v for k, v in (headers or {}).items()}
-            if body:  # signed, as botocore signs it
+            if isinstance(body, bytes | bytearray) and body:  # signed, as botocore signs it
                 signed["content-length"] = str(len(body))
             self._sign(method, path, query, signed, await self._credentials())
-            if body is not None and not body:
+            if body is not None and whole and not body:
                 signed["content-length"] = "0"
             try:
                 async with self._session.request(method, url, data=body, headers=signed) as r:
@@ -206,20 +220,7 @@ class FastS3(S3Transport):
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 continue
-        raise StorageUnavailable(f"object store: {last} after {self._max_attempts} attempts")
-
-    def _url(self, full_key: str | None, params: dict[str, str] | None) -> tuple[URL, str, str]:
-        path = self._base_path
-        if full_key is not None:
-            path = f"{path}/{quote(full_key, safe='/~')}"
-        query = "&".join(
-            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
-            for k, v in sorted((params or {}).items())
-        )
-        url = URL(
-            f"{self._scheme}://{self._host}{path}" + (f"?{query}" if query else ""), encoded=True
-        )
-        return url, path, query
+        raise StorageUnavailable(f"object store: {last} after {attempts} attempts")
 
     async def create_upload(self, full: str, key: str) -> str:
         headers = {"content-type": "application/octet-stream", **self._put_headers}
@@ -242,19 +243,8 @@ class FastS3(S3Transport):
         """A bytes-like body is one request with retries; chunks are streamed as they come
         (UNSIGNED-PAYLOAD, a fixed Content-Length), so a part is never held whole in memory."""
         params = {"partNumber": str(number), "uploadId": upload_id}
-        if isinstance(body, bytes | bytearray):
-            r = await self.request("PUT", full, key, body, None, params)  # sent without a copy
-        else:
-            url, path, query = self._url(full, params)
-            headers = {"content-length": str(length)}
-            self._sign("PUT", path, query, headers, await self._credentials())
-            try:
-                async with self._session.put(url, data=body, headers=headers) as resp:
-                    r = Reply(resp.status, resp.headers, await resp.read())
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise StorageUnavailable(
-                    f"object store: part {number} of {key}: {type(exc).__name__}: {exc}"
-                ) from exc
+        streamed = None if isinstance(body, bytes | bytearray) else {"content-length": str(length)}
+        r = await self.request("PUT", full, key, body, streamed, params)  # never copied
         _check(r, key)
         return str(r.headers.get("ETag", ""))
 
