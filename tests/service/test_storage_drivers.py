@@ -356,14 +356,8 @@ async def test_s3_writer_parts_equal_and_invisible(s3_driver: Any) -> None:
     assert [i.key async for i in s3_driver.walk("r")] == [key]  # no state or tail left
 
 
-async def test_s3_delete_tree_names_no_key_outside_its_tree(
-    s3_driver: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The parent's directory entry is left alone: it is shared with concurrent writers
-    (``_uploads/`` with every upload of a repository), and SeaweedFS stalls for seconds when
-    concurrent deletes name a busy directory's entry (and may drop a create racing it)."""
-    for key in ("p/_uploads/a/startedat", "p/_uploads/a/hashstates/sha256/0", "p/_uploads/b/x"):
-        await s3_driver.put(key, b"x")
+def _record_deletes(s3_driver: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The full keys the driver's DeleteObjects requests name, in order."""
     sent: list[str] = []
     real = s3_driver.delete_full
 
@@ -372,6 +366,18 @@ async def test_s3_delete_tree_names_no_key_outside_its_tree(
         await real(keys)
 
     monkeypatch.setattr(s3_driver, "delete_full", recording)
+    return sent
+
+
+async def test_s3_delete_tree_names_no_key_outside_its_tree(
+    s3_driver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent's directory entry is left alone: it is shared with concurrent writers
+    (``_uploads/`` with every upload of a repository), and SeaweedFS stalls for seconds when
+    concurrent deletes name a busy directory's entry (and may drop a create racing it)."""
+    for key in ("p/_uploads/a/startedat", "p/_uploads/a/hashstates/sha256/0", "p/_uploads/b/x"):
+        await s3_driver.put(key, b"x")
+    sent = _record_deletes(s3_driver, monkeypatch)
     await s3_driver.delete_tree("p/_uploads/a")
     tree = s3_driver.full_key("p/_uploads/a")
     assert sent and all(k.startswith(f"{tree}/") for k in sent), sent
@@ -383,14 +389,7 @@ async def test_s3_delete_without_prune_sends_only_the_keys(
 ) -> None:
     await s3_driver.put("j/a", b"x")
     await s3_driver.put("j/b", b"x")
-    sent: list[str] = []
-    real = s3_driver.delete_full
-
-    async def recording(keys: list[str]) -> None:
-        sent.extend(keys)
-        await real(keys)
-
-    monkeypatch.setattr(s3_driver, "delete_full", recording)
+    sent = _record_deletes(s3_driver, monkeypatch)
     await s3_driver.delete_many(["j/a", "j/b"], prune=False)
     assert sent == [s3_driver.full_key("j/a"), s3_driver.full_key("j/b")]
     await s3_driver.delete("j/a")  # pruning (the default) names the directory entry last
