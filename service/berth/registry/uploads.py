@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -222,19 +222,18 @@ class Uploads:
         """Make the session's committed, verified ``data`` the blob ``digest`` and link it into
         ``name``; the session is gone afterwards. Returns the size."""
         data_key = paths.upload_data(name, upload_id)
-        # reserve(), not the cached exists(): the blob may have just been garbage-collected.
-        if await self.blobs.reserve(digest, touch_absent=True) is not None:
-            await self.driver.delete(data_key)
-        else:
-            try:
-                await self.driver.move(data_key, paths.blob_data(digest))
-            except WriterBusy:
-                await self.driver.delete_tree(paths.upload_dir(name, upload_id))
-                raise BlobUploadInvalid(
-                    "a chunk for this upload arrived while it was being completed"
-                ) from None
-            self.blobs.forget(digest)
-            moved = await self.blobs.reserve(digest)
+        try:
+            installed, moved = await self._install(
+                digest,
+                lambda: self.driver.move(data_key, paths.blob_data(digest)),
+                lambda: self.driver.delete(data_key),
+            )
+        except WriterBusy:
+            await self.driver.delete_tree(paths.upload_dir(name, upload_id))
+            raise BlobUploadInvalid(
+                "a chunk for this upload arrived while it was being completed"
+            ) from None
+        if installed:
             if moved is None:  # a GC removed it right after the move
                 await self.driver.delete_tree(paths.upload_dir(name, upload_id))
                 raise BlobUploadInvalid("the blob was garbage-collected during the upload; retry")
@@ -248,6 +247,25 @@ class Uploads:
         await self.blobs.link(name, digest)
         await self.driver.delete_tree(paths.upload_dir(name, upload_id))
         return size
+
+    async def _install(
+        self,
+        digest: Digest,
+        install: Callable[[], Awaitable[None]],
+        drop: Callable[[], Awaitable[None]],
+    ) -> tuple[bool, int | None]:
+        """Make verified content the blob ``digest`` inside the GC handshake (docs/gc.md): the
+        digest is reserved first (``reserve``, not the cached ``exists``: the blob may have just
+        been collected, and a GC removing it is waited for). A blob stored meanwhile is kept
+        and ours dropped; else ``install`` puts ours in place and it is reserved again, read
+        fresh. Returns whether ours was installed, and the stored size (None: a GC removed it
+        right after)."""
+        if await self.blobs.reserve(digest, touch_absent=True) is not None:
+            await drop()
+            return False, None
+        await install()
+        self.blobs.forget(digest)
+        return True, await self.blobs.reserve(digest)
 
     async def _complete_whole(
         self,
@@ -285,16 +303,9 @@ class Uploads:
             if hasher.hexdigest() != digest.hex:
                 raise DigestInvalid(f"content does not match digest {digest}")
             size = writer.size
-            # The GC handshake before the blob appears, as for a move (``adopt``).
-            if await self.blobs.reserve(digest, touch_absent=True) is not None:
-                await writer.cancel()  # stored meanwhile (the same content): keep that one
-            else:
-                await writer.commit()
-                self.blobs.forget(digest)
-                if await self.blobs.reserve(digest) is None:  # a GC removed it at once
-                    raise BlobUploadInvalid(
-                        "the blob was garbage-collected during the upload; retry"
-                    )
+            installed, stored = await self._install(digest, writer.commit, writer.cancel)
+            if installed and stored is None:  # a GC removed it at once
+                raise BlobUploadInvalid("the blob was garbage-collected during the upload; retry")
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await writer.cancel()
