@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(HERE))
 
 import events_cost  # noqa: E402
+from floor import StoreFloor  # noqa: E402
 
 import s3_servers  # noqa: E402
 from e2e.ocilayout import OCILayout  # noqa: E402
@@ -452,6 +453,7 @@ class Row:
     higher_is_better: bool
     berth: float = 0.0
     dist: float = 0.0
+    floor: float = 0.0  # the store floor (floor.py), S3 rows that have one
 
     def keep(self, who: str, value: float) -> None:
         old = getattr(self, who)
@@ -468,10 +470,21 @@ class Row:
             return 0.0
         return self.berth / self.dist if self.higher_is_better else self.dist / self.berth
 
+    @property
+    def floor_ratio(self) -> float:
+        """The highest ratio the store allows: its floor against Distribution."""
+        return self.floor / self.dist if self.floor and self.dist else 0.0
+
 
 async def run_suite(
-    servers: dict[str, Proc], rounds: int, seconds: float, workdir: Path, only: set[str]
+    servers: dict[str, Proc],
+    rounds: int,
+    seconds: float,
+    workdir: Path,
+    only: set[str],
+    s3: dict[str, object] | None = None,
 ) -> list[Row]:
+    """``s3``: settings of a bucket on the same store, for the store floor (floor.py)."""
     bench = Bench(seconds, workdir)
     fixtures = {who: await prepare(p.url, f"bench/read-{who}") for who, p in servers.items()}
     rows: dict[str, Row] = {}
@@ -540,18 +553,33 @@ async def run_suite(
                 idle, peak = await bench.peak_rss(p)
                 row("server RSS before those uploads (all processes)", "MiB", False).keep(who, idle)
                 row("server peak RSS, 16 x 64 MiB concurrent uploads", "MiB", False).keep(who, peak)
+        if s3 is not None:
+            async with StoreFloor(s3, CONCURRENCY) as floor:
+                for name, measure, is_heavy in (
+                    ("push 64 MiB blob, monolithic", floor.push_whole, True),
+                    ("push 64 MiB blob, 8 MiB chunks", floor.push_chunked, True),
+                    ("manifest PUT, 16 concurrent", floor.manifest_put, False),
+                ):
+                    if name in rows and (heavy or not is_heavy):
+                        print(f"  store floor: {name}", flush=True)
+                        r = rows[name]
+                        r.floor = max(r.floor, await measure())
     return list(rows.values())
 
 
 def table(title: str, rows: list[Row], dist_version: str) -> str:
-    out = [
-        f"### {title}",
-        "",
-        f"| workload | unit | Berth | Distribution {dist_version} | ratio (>1: Berth ahead) |",
-        "|---|---|---:|---:|---:|",
-    ]
+    head = f"| workload | unit | Berth | Distribution {dist_version} | ratio (>1: Berth ahead) |"
+    rule = "|---|---|---:|---:|---:|"
+    floors = any(r.floor for r in rows)
+    if floors:  # floor.py: what the store allows with no registry in front
+        head += " store floor | highest ratio possible |"
+        rule += "---:|---:|"
+    out = [f"### {title}", "", head, rule]
     for r in rows:
-        out.append(f"| {r.name} | {r.unit} | {r.berth:.1f} | {r.dist:.1f} | {r.ratio:.2f}x |")
+        line = f"| {r.name} | {r.unit} | {r.berth:.1f} | {r.dist:.1f} | {r.ratio:.2f}x |"
+        if floors:
+            line += f" {r.floor:.1f} | {r.floor_ratio:.2f}x |" if r.floor else " | |"
+        out.append(line)
     return "\n".join(out) + "\n"
 
 
@@ -645,8 +673,18 @@ def main() -> int:
             dist = start_distribution(workdir, dist_storage, args.distribution)
             procs += [berth, dist]
             print(f"== {title}", flush=True)
+            floor_s3 = None
+            if weed is not None and driver == "s3":
+                floor_s3 = weed.settings(bucket=s3_servers.new_bucket(weed))
             rows = asyncio.run(
-                run_suite({"berth": berth, "dist": dist}, args.rounds, args.seconds, workdir, only)
+                run_suite(
+                    {"berth": berth, "dist": dist},
+                    args.rounds,
+                    args.seconds,
+                    workdir,
+                    only,
+                    floor_s3,
+                )
             )
             section = table(title, rows, dist_version)
             print(section, flush=True)

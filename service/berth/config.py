@@ -186,6 +186,16 @@ class CacheSettings(_Section):
         "written within its grace period plus this window, so set the same value for the "
         "replicas and for `berth gc`. 0: reserve on every write.",
     )
+    gc_lease_staleness_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=60,
+        description="How old a replica's last look at the garbage-collection lease may be for "
+        "it to trust that no GC is removing blobs: a write that relies on a blob then skips "
+        "listing the blob's directory for GC tombstones (docs/gc.md). A GC run waits this "
+        "long after taking its lease before it removes anything, so set the same value for "
+        "the replicas and for `berth gc`. 0: always list.",
+    )
     redirect_reuse_fraction: float = Field(
         0.25,
         ge=0,

@@ -116,6 +116,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("backend", kinds, indirect=True)
 
 
+@pytest.fixture(autouse=True)
+def gc_lease_staleness(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process replicas list for GC tombstones on every reservation unless a test turns
+    cache.gc_lease_staleness_seconds on (and tells its GC runs the same): request counts stay
+    exact. test_gc_lease_staleness.py and the randomised GC rounds run with it on."""
+    monkeypatch.setenv("BERTH_CACHE__GC_LEASE_STALENESS_SECONDS", "0")
+
+
 @pytest.fixture
 def no_reservation_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
     """For tests that age storage (pretend time passed): the reservation reuse window

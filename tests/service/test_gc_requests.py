@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from berth.gc.run import GCOptions, collect_garbage
 from berth.gc.verify import find_problems
@@ -27,6 +28,7 @@ from . import test_gc_concurrent
 from .gc_fixtures import CountingDriver, populate, s3_delete_many
 from .test_gc_concurrent import (  # noqa: F401 (fixtures)
     JitterDriver,
+    replica_apps,
     replicas,
     test_pushes_during_gc_randomised_rounds,
 )
@@ -121,12 +123,13 @@ class JitterBatchDriver(JitterDriver):
 @pytest.mark.parametrize("grace", [0.0, 3600.0])
 async def test_pushes_during_batched_gc_randomised_rounds(
     replicas: list[httpx.AsyncClient],  # noqa: F811
+    replica_apps: list[FastAPI],  # noqa: F811
     storage_root: Path,
     grace: float,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(test_gc_concurrent, "JitterDriver", JitterBatchDriver)
-    await test_pushes_during_gc_randomised_rounds(replicas, storage_root, grace)
+    await test_pushes_during_gc_randomised_rounds(replicas, replica_apps, storage_root, grace)
 
 
 async def test_s3_pushes_during_batched_gc_randomised_rounds(s3: Any) -> None:  # noqa: F811

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import s3_servers
 
 REUSE = 0.8  # the replicas' reservation reuse window, told to every GC run here
+QUIET = 0.5  # the replicas' cache.gc_lease_staleness_seconds, likewise
 # past the cut-off (grace 0 s + reuse window + 1 s slack) at one-second resolution
 AGE_WAIT = 2.2 + REUSE
 
@@ -62,7 +63,7 @@ async def s3(
     settings = Settings(
         storage={"driver": "s3", "s3": s3_conf, "redirect": False},
         observability={"access_log": False},
-        cache={"reservation_reuse_seconds": REUSE},
+        cache={"reservation_reuse_seconds": REUSE, "gc_lease_staleness_seconds": QUIET},
     )
     drivers = [S3Driver(settings.storage.s3) for _ in range(3)]
     for d in drivers:
@@ -100,7 +101,13 @@ async def test_s3_keeps_reachable_and_removes_unreachable(s3: Any) -> None:
     await asyncio.sleep(AGE_WAIT)
     report = await collect_garbage(
         driver,
-        GCOptions(grace_period=0, reservation_reuse=REUSE, delete_untagged=True, lease_settle=0.1),
+        GCOptions(
+            grace_period=0,
+            reservation_reuse=REUSE,
+            lease_staleness=QUIET,
+            delete_untagged=True,
+            lease_settle=0.1,
+        ),
     )
     assert report.ok, report.errors
     for digest, body in (tagged, ch1, ch2, index, sig):
@@ -141,6 +148,7 @@ async def test_s3_pushes_during_gc_randomised_rounds(s3: Any) -> None:
                 GCOptions(
                     grace_period=0,
                     reservation_reuse=REUSE,
+                    lease_staleness=QUIET,
                     lease_settle=0.1,
                     delete_untagged=rng.random() < 0.5,
                 ),

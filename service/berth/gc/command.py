@@ -78,6 +78,7 @@ def options_from(args: argparse.Namespace, settings: Settings) -> GCOptions:
         delete_untagged=args.delete_untagged,
         grace_period=grace,
         reservation_reuse=settings.cache.reservation_reuse_seconds,
+        lease_staleness=settings.cache.gc_lease_staleness_seconds,
         dry_run=args.dry_run,
         upload_purge_age=purge_age,
         purge_uploads=not args.no_purge_uploads,

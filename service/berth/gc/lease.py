@@ -37,6 +37,7 @@ class Lease:
         self.settle = settle
         self.holder = holder or f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self.held = False
+        self.expires = 0.0  # of our last stamp (epoch seconds)
 
     async def current(self) -> dict[str, object] | None:
         try:
@@ -77,6 +78,20 @@ class Lease:
         """The store's clock (the lease object's modification time): GC cut-offs use it."""
         return (await self.driver.stat(self.key)).modified
 
-    async def stamp(self) -> None:
-        record = {"holder": self.holder, "expires": time.time() + self.ttl, "ttl": self.ttl}
+    async def keep(self, min_left: float) -> None:
+        """Stamp again if our record expires within ``min_left`` seconds (a long run)."""
+        if self.expires - time.time() < min_left:
+            await self.stamp()
+
+    async def linger(self, seconds: float) -> None:
+        """Instead of releasing: leave the record to expire ``seconds`` from now (a failed GC
+        run whose deletes may still be landing; gc_quiet.py trusts no writer meanwhile)."""
+        await self.stamp(ttl=seconds)
+        self.held = False
+
+    async def stamp(self, ttl: float | None = None) -> None:
+        ttl = self.ttl if ttl is None else ttl
+        expires = time.time() + ttl
+        record = {"holder": self.holder, "expires": expires, "ttl": ttl}
         await self.driver.put(self.key, json.dumps(record).encode())
+        self.expires = expires

@@ -17,6 +17,8 @@ class Report:
     upload_purge_age_seconds: float
     # Kept on top of the grace period: how long replicas reuse a blob reservation.
     reservation_reuse_seconds: float = 0.0
+    # Waited after taking the lease before the first tombstone (the replicas' view of it).
+    lease_staleness_seconds: float = 0.0
     ok: bool = True
     elapsed_seconds: float = 0.0
     objects_scanned: int = 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from ..registry.blobs import TOMBSTONE_STALE_SECONDS
 from ..registry.digest import Digest
 from ..registry.notify import Notifier
 from ..storage.driver import StorageDriver
@@ -18,6 +20,9 @@ from .mark import Marker
 from .purge import purge_uploads
 from .report import Progress, Report
 from .sweep import Sweeper, Unit, plan
+
+# A run that outlives its lease's record (6 h) stamps it again before a batch with less left.
+LEASE_MIN_LEFT_SECONDS = 3600.0
 
 # Storage clocks with one-second resolution (S3 Last-Modified): never call "old" what could
 # have been written in the same second as the cut-off.
@@ -36,6 +41,9 @@ class GCOptions:
     grace_period: float = 3600.0
     # The replicas' cache.reservation_reuse_seconds: a reservation that old still protects.
     reservation_reuse: float = 0.0
+    # The replicas' cache.gc_lease_staleness_seconds: how old a look at this run's lease they
+    # may rely on; the run writes no tombstone until that long after taking the lease.
+    lease_staleness: float = 0.0
     dry_run: bool = False
     upload_purge_age: float = 7 * 24 * 3600.0
     purge_uploads: bool = True
@@ -61,6 +69,7 @@ async def collect_garbage(
         delete_untagged=options.delete_untagged,
         grace_period_seconds=options.grace_period,
         reservation_reuse_seconds=options.reservation_reuse,
+        lease_staleness_seconds=options.lease_staleness,
         upload_purge_age_seconds=options.upload_purge_age,
     )
     started = time.monotonic()
@@ -72,6 +81,18 @@ async def collect_garbage(
         elif not await lease.acquire():
             holder = (await lease.current() or {}).get("holder")
             raise LeaseHeld(f"another garbage collection is running ({holder})")
+    # The lease is written: replicas that looked before now skip tombstone listings for at
+    # most ``lease_staleness`` more seconds (registry/gc_quiet.py).
+    announced = time.monotonic()
+
+    async def before_batch() -> None:
+        wait = announced + options.lease_staleness - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await lease.keep(LEASE_MIN_LEFT_SECONDS)
+
+    sweeper: Sweeper | None = None
+    failed = False
     try:
         # The store's clock, not ours: mtimes are compared against it.
         if options.dry_run:
@@ -139,7 +160,13 @@ async def collect_garbage(
         else:
             progress.start("sweeping", total=len(units))
             sweeper = Sweeper(
-                driver, run_id, cutoff, options.concurrency, progress.advance, inventory=inv
+                driver,
+                run_id,
+                cutoff,
+                options.concurrency,
+                progress.advance,
+                inventory=inv,
+                before_batch=before_batch,
             )
             stats = await sweeper.run(units)
             report.blobs_deleted = stats.blobs_deleted
@@ -162,8 +189,17 @@ async def collect_garbage(
             if options.dry_run:
                 report.would_remove["upload"] = purge.purged
         progress.done()
+    except BaseException:
+        failed = True
+        raise
     finally:
-        if not options.dry_run:
+        if options.dry_run:
+            pass
+        elif failed and sweeper is not None and sweeper.tombstoned:
+            # Deletes of this run may still be in flight: writers keep listing for tombstones
+            # until they would count its last tombstone as stale anyway.
+            await lease.linger(TOMBSTONE_STALE_SECONDS)
+        else:
             await lease.release()
     report.objects_removed = (
         report.blobs_deleted

@@ -179,8 +179,13 @@ class Sweeper:
         on_unit: Callable[[int], None] | None = None,
         inventory: Inventory | None = None,
         batch_units: int | None = None,
+        before_batch: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``before_batch`` is awaited before each batch's tombstones (the run waits there for
+        the replicas' view of its lease, and keeps the lease)."""
         self.driver = driver
+        self.before_batch = before_batch
+        self.tombstoned = False  # a tombstone was (maybe) written: deletes may follow
         self.run_id = run_id
         self.cutoff = cutoff
         self.concurrency = concurrency
@@ -239,6 +244,9 @@ class Sweeper:
 
     async def _batch(self, units: list[Unit]) -> None:
         works = [_Work(u, paths.blob_tombstone(u.digest, self.run_id)) for u in units]
+        if self.before_batch is not None:
+            await self.before_batch()
+        self.tombstoned = True
         started = time.monotonic()  # before the first tombstone: the deadline's origin
 
         # 1. Tombstones, all at once.

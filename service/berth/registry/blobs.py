@@ -15,6 +15,7 @@ from .cache import LRUCache
 from .digest import Digest
 from .errors import BlobUnknown
 from .freshness import Generation, PresenceCache
+from .gc_quiet import GCQuiet
 
 if TYPE_CHECKING:
     from .notify import Notifier
@@ -36,8 +37,11 @@ class BlobStore:
         generation: Generation | None = None,
         reservation_reuse: float = 0.0,
         events: Notifier | None = None,
+        gc_lease_staleness: float = 0.0,
     ) -> None:
         self.driver = driver
+        # No GC lease seen lately: a reservation needs no tombstone listing (gc_quiet.py).
+        self.gc_quiet = GCQuiet(driver, gc_lease_staleness)
         self.events = events
         # digest → size; a blob's content never changes, only whether it exists (GC).
         self._sizes: LRUCache[Digest, int] = LRUCache(cache_entries)
@@ -121,6 +125,7 @@ class BlobStore:
         if recent is not None:
             return recent
         known: int | None = None
+        read_at = time.monotonic()
         if not touch_absent:
             known = await self.fresh_size(digest)
             if known is None:
@@ -129,6 +134,16 @@ class BlobStore:
         for attempt in range(RESERVE_ATTEMPTS):
             marked = time.monotonic()
             await self.driver.put(paths.blob_touch(digest), b"")
+            if self.gc_quiet.covers(
+                time.monotonic(), read_at=read_at if known is not None else None
+            ):
+                # No GC was running when ``known`` was read, nor can one remove it now.
+                size = known if known is not None else await self.fresh_size(digest)
+                if size is None:
+                    self.forget(digest)
+                else:
+                    self._reserved_now(digest, size, marked)
+                return size
             if known is not None:
                 # Content never changes, so only whether ``data`` still exists (in the same
                 # listing that shows tombstones) needs reading after the touch.
@@ -267,6 +282,9 @@ class BlobStore:
         for attempt in range(RESERVE_ATTEMPTS):
             marked = time.monotonic()
             await self.driver.put(key, data)
+            if self.gc_quiet.covers(time.monotonic()):
+                self._reserved_now(digest, len(data), marked)
+                return
             names = await self._list_blob_dir(digest)
             if paths.BLOB_DATA in names and not await self._gc_in_progress(digest, names, key):
                 self._reserved_now(digest, len(data), marked)

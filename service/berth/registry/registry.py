@@ -43,6 +43,7 @@ class Registry:
             generation=generation,
             reservation_reuse=cache.reservation_reuse_seconds,
             events=self.events,
+            gc_lease_staleness=cache.gc_lease_staleness_seconds,
         )
         self.tags = Tags(driver)
         self.manifests = ManifestStore(

@@ -1,0 +1,91 @@
+"""Knowing, without a request, that no garbage collection is removing blobs.
+
+A writer that relies on a blob (a manifest PUT, a mount, a finished upload) writes its mark
+(``touch``, or the content itself) and then lists the blob's directory for GC tombstones
+(docs/gc.md). Every GC run holds the ``gc`` lease from before its first tombstone until its
+last delete, and waits ``cache.gc_lease_staleness_seconds`` (W) after writing the lease before
+it writes any tombstone. So if a look at the lease *sent* at time q found none, and the mark's
+write *completed* before q + W, the mark was in place before any tombstone of a GC that took
+the lease after q: that GC's re-check after its tombstone sees the mark, exactly as when the
+writer lists and finds nothing. The listing is then skipped.
+
+Looks are lazy: a writer that finds the last look too old starts one (at most one in flight)
+and lists as before; so an idle replica sends nothing, and a busy one about one GET per W/2.
+A lease record that cannot be read or parsed counts as a running GC. A record past its expiry
+(plus slack for the GC host's clock) is a GC that died: ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from ..storage import paths
+from ..storage.driver import PathNotFound, StorageDriver
+
+log = logging.getLogger("berth.registry")
+
+GC_LEASE = "gc"  # berth.gc.run takes the lease under this name
+# A GC host's clock may be this far ahead of ours when we compare its lease's expiry.
+EXPIRY_SLACK_SECONDS = 60.0
+
+
+def lease_active(raw: bytes, now: float) -> bool:
+    """Whether a GC lease record may belong to a run that is still removing blobs."""
+    try:
+        expires = json.loads(raw).get("expires")
+    except (ValueError, AttributeError):
+        return True
+    if not isinstance(expires, int | float):
+        return True
+    return expires + EXPIRY_SLACK_SECONDS > now
+
+
+class GCQuiet:
+    def __init__(self, driver: StorageDriver, window: float) -> None:
+        self.driver = driver
+        self.window = window
+        self._quiet_sent: float | None = None  # monotonic send time of a look that found none
+        self._looking: asyncio.Task[None] | None = None
+        self.skipped = 0  # listings skipped (for tests and debugging)
+
+    def covers(self, completed: float, *, read_at: float | None = None) -> bool:
+        """Whether a mark whose write completed at the monotonic time ``completed`` needs no
+        tombstone listing. ``read_at``: the writer also relies on something it read before
+        the mark (a blob's ``data`` existing), sent at that time; the look must be older than
+        that read, or a GC that finished between the read and the look could have removed it.
+        Starts a look when the last one is getting old."""
+        if self.window <= 0:
+            return False
+        sent = self._quiet_sent
+        if sent is None or completed - sent >= self.window:
+            self._refresh()
+            return False
+        if read_at is not None and sent > read_at:
+            return False  # a newer look replaced the one from before the read: list
+        if time.monotonic() - sent >= self.window / 2:
+            self._refresh()  # keep a busy replica's view fresh before it runs out
+        self.skipped += 1
+        return True
+
+    def _refresh(self) -> None:
+        if self._looking is None or self._looking.done():
+            self._looking = asyncio.ensure_future(self.look())
+
+    async def look(self) -> None:
+        """Read the GC lease once and remember what it says."""
+        sent = time.monotonic()
+        try:
+            raw = await self.driver.get(paths.lease(GC_LEASE))
+        except PathNotFound:
+            raw = None
+        except Exception as exc:  # the next writer lists, and looks again
+            log.debug("gc lease look failed: %s", exc)
+            self._quiet_sent = None
+            return
+        if raw is not None and lease_active(raw, time.time()):
+            self._quiet_sent = None
+        else:
+            self._quiet_sent = sent
