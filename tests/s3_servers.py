@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -198,8 +199,33 @@ def start_seaweedfs(bucket: str = "berth", workdir: Path | None = None) -> S3Ser
     raise RuntimeError(f"SeaweedFS did not start: {last}")
 
 
+_CONDITIONAL_PUTS = threading.Lock()
+
+
+def _atomic_conditional_puts() -> None:
+    """moto checks ``If-Match`` / ``If-None-Match`` and then writes, unlocked: under load two
+    concurrent conditional PUTs of one key can both succeed, which S3 never allows (the
+    drivers' ``create`` has one winner). Each conditional PUT runs alone here."""
+    from moto.s3.responses import S3Response
+
+    original = S3Response.put_object
+    if getattr(original, "berth_atomic", False):
+        return
+
+    def put_object(self: Any) -> Any:
+        if "If-Match" in self.headers or "If-None-Match" in self.headers:
+            with _CONDITIONAL_PUTS:
+                return original(self)
+        return original(self)
+
+    put_object.berth_atomic = True  # type: ignore[attr-defined]
+    S3Response.put_object = put_object  # type: ignore[method-assign]
+
+
 def start_moto(bucket: str = "berth") -> S3Server:
     from moto.server import ThreadedMotoServer
+
+    _atomic_conditional_puts()
 
     port = 0
     with socket.socket() as s:
