@@ -9,7 +9,6 @@ issuers put in ``kid``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt import PyJWK
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from ..singleflight import SingleFlight
 from .files import WatchedFile
 
 log = logging.getLogger("berth.auth")
@@ -246,7 +246,7 @@ class KeySet:
         self._refresh = refresh_seconds
         self._remote: list[TrustedKey] = []
         self._fetched = -math.inf  # when the last fetch started (monotonic); never: due now
-        self._inflight: asyncio.Task[None] | None = None
+        self._fetches: SingleFlight[str, None] = SingleFlight()
 
     async def _download(self, url: str) -> bytes:
         timeout = aiohttp.ClientTimeout(total=self.FETCH_TIMEOUT_SECONDS)
@@ -277,19 +277,10 @@ class KeySet:
         The fetch runs as a task of its own, shielded: a request that is cancelled (its client
         went away) stops waiting but does not cancel the fetch the others are waiting on.
         """
-        task = self._inflight
-        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
-            task = asyncio.get_running_loop().create_task(self._fetch(), name="berth-jwks-fetch")
-            self._inflight = task
-            task.add_done_callback(self._fetch_done)
-        await asyncio.shield(task)
-
-    def _fetch_done(self, task: asyncio.Task[None]) -> None:
-        if self._inflight is task:
-            self._inflight = None
+        await self._fetches.run("jwks", self._fetch)
 
     def _fetching(self) -> bool:
-        return self._inflight is not None and not self._inflight.done()
+        return self._fetches.running("jwks") is not None
 
     async def keys(self, kid: str | None) -> list[TrustedKey]:
         if self._url is None:

@@ -14,11 +14,11 @@ from ..registry.digest import Digest
 from ..registry.errors import NameUnknown, UpstreamInvalid
 from ..registry.referrers import Referrers
 from ..registry.tags import Tags
+from ..singleflight import SingleFlight
 from .client import UpstreamClient
 from .manifests import OUTAGES
 from .metrics import HITS, MISSES, STALE
 from .routing import Route
-from .singleflight import SingleFlight
 
 log = logging.getLogger("berth.proxy")
 

@@ -23,13 +23,13 @@ from ..registry.errors import (
 from ..registry.manifest_store import ManifestStore, StoredManifest
 from ..registry.names import is_digest_reference, lookup_reference
 from ..registry.notify import Notifier
+from ..singleflight import SingleFlight
 from ..storage import paths
 from ..storage.driver import PathNotFound
 from .client import FetchedManifest, UpstreamClient
 from .events import fill_origin
 from .metrics import HITS, MISSES, STALE
 from .routing import Route
-from .singleflight import SingleFlight
 
 log = logging.getLogger("berth.proxy")
 

@@ -17,11 +17,11 @@ A lease record that cannot be read or parsed counts as a running GC. A record pa
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 
+from ..singleflight import SingleFlight
 from ..storage import paths
 from ..storage.driver import PathNotFound, StorageDriver
 
@@ -48,7 +48,7 @@ class GCQuiet:
         self.driver = driver
         self.window = window
         self._quiet_sent: float | None = None  # monotonic send time of a look that found none
-        self._looking: asyncio.Task[None] | None = None
+        self._looks: SingleFlight[str, None] = SingleFlight()
         self.skipped = 0  # listings skipped (for tests and debugging)
 
     def covers(self, completed: float, *, read_at: float | None = None) -> bool:
@@ -71,8 +71,7 @@ class GCQuiet:
         return True
 
     def _refresh(self) -> None:
-        if self._looking is None or self._looking.done():
-            self._looking = asyncio.ensure_future(self.look())
+        self._looks.start("lease", self.look)  # not awaited: the writer lists meanwhile
 
     async def look(self) -> None:
         """Read the GC lease once and remember what it says."""

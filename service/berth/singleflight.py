@@ -16,11 +16,15 @@ class SingleFlight(Generic[K, T]):
         self._tasks: dict[K, asyncio.Task[T]] = {}
 
     def running(self, key: K) -> asyncio.Task[T] | None:
-        return self._tasks.get(key)
+        task = self._tasks.get(key)
+        # A task of another event loop (an object that outlived its loop) is nobody's work.
+        if task is not None and task.get_loop() is not asyncio.get_running_loop():
+            return None
+        return task
 
     def start(self, key: K, work: Callable[[], Awaitable[T]]) -> tuple[asyncio.Task[T], bool]:
         """The task for ``key`` and whether this call started it."""
-        task = self._tasks.get(key)
+        task = self.running(key)
         if task is not None:
             return task, False
         task = asyncio.ensure_future(work())
