@@ -39,6 +39,10 @@ class StoreFloor:
 
     async def __aenter__(self) -> StoreFloor:
         await self.driver.start()
+        # A new bucket's first writes are slow on SeaweedFS (volumes being created): not part
+        # of any floor.
+        await self.manifest_put(count=100)
+        await self.push_whole()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

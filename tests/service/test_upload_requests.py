@@ -2,7 +2,9 @@
 
 * A chunked push of a small blob (POST, PATCH, PUT: what docker, containerd and skopeo send):
   no hash state read before the first byte, and on S3, where the session's bytes travel in the
-  writer's state, completion without commit and move.
+  writer's state, no hash state written and completion without commit and move.
+* A small session in chunks through alternating replicas, growing past the small-blob limit:
+  hashed from the held bytes while small, from a saved state after.
 * A whole blob in the final PUT or a POST ``?digest=``: written straight to its place and
   committed once verified, without the session's data, hash state or a move.
 """
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import AsyncIterator
 
@@ -18,6 +21,7 @@ import pytest
 
 from berth.app import create_app
 from berth.registry.digest import Digest
+from berth.registry.uploads import SMALL_BLOB
 from berth.storage import paths
 from berth.storage.driver import PathNotFound
 
@@ -44,6 +48,12 @@ async def test_small_chunked_push(backend: Backend) -> None:
             )
             assert r.status_code == 202, r.text
             assert not [k for k in driver.got if "/hashstates/" in k], driver.got
+            # Where the writer holds the session's bytes (S3), nothing to resume hashing from
+            # is saved either: the next chunk or the completion hashes those bytes.
+            upload_id = location.rsplit("/", 1)[1]
+            held = (await inner.writer(paths.upload_data("app", upload_id), append=True)).held()
+            saved = [k for k in driver.written if "/hashstates/" in k]
+            assert (saved == []) == (held is not None), (saved, held is not None)
             r = await c.put(r.headers["Location"], params={"digest": digest})
             assert r.status_code == 201, r.text
             # The S3 writer holds a small session's bytes: stored like a monolithic small blob;
@@ -51,6 +61,31 @@ async def test_small_chunked_push(backend: Backend) -> None:
             assert driver.ops["move"] == (2 if backend.kind == "filesystem" else 0), driver.ops
             r = await c.get(f"/v2/app/blobs/{digest}")
             assert r.status_code == 200 and r.content == data
+
+
+async def test_small_chunks_across_replicas_then_past_the_small_limit(backend: Backend) -> None:
+    data = os.urandom(SMALL_BLOB + 300_000)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    cuts = [0, 100_000, 400_000, 900_000, len(data)]  # the last chunk crosses SMALL_BLOB
+    async with backend.driver() as d1, backend.driver() as d2:
+        replicas = [await _recorded_app(backend, RecordingDriver(d)) for d in (d1, d2)]
+        try:
+            location = (await replicas[0].post("/v2/app/blobs/uploads/")).headers["Location"]
+            for i, (a, b) in enumerate(itertools.pairwise(cuts)):
+                r = await replicas[i % 2].patch(
+                    location,
+                    content=data[a:b],
+                    headers={"Content-Range": f"{a}-{b - 1}"},
+                )
+                assert r.status_code == 202, r.text
+                assert r.headers["Range"] == f"0-{b - 1}"
+            r = await replicas[1].put(location, params={"digest": digest})
+            assert r.status_code == 201, r.text
+            r = await replicas[0].get(f"/v2/app/blobs/{digest}")
+            assert r.status_code == 200 and r.content == data
+        finally:
+            for c in replicas:
+                await c.aclose()
 
 
 async def _recorded_app(backend: Backend, driver: RecordingDriver) -> httpx.AsyncClient:

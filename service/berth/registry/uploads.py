@@ -135,10 +135,15 @@ class Uploads:
                     f"chunk starts at {content_range[0]}, upload is at {start}",
                     headers=_range_headers(start),
                 )
-            # Only a state saved at exactly this offset: the bytes of an unfinished upload are
-            # not readable on every store (S3 shows them only once committed). Without one (a
-            # failed chunk, no OpenSSL state API) hashing waits for ``complete``.
-            hasher = await self._saved_hasher(name, upload_id, DEFAULT_ALGORITHM, start)
+            # A small session the writer holds whole is hashed from those bytes (no state is
+            # saved for it). Else only a state saved at exactly this offset: the bytes of an
+            # unfinished upload are not readable on every store (S3 shows them only once
+            # committed). Without one (a failed chunk, no OpenSSL state API) hashing waits for
+            # ``complete``.
+            hasher = _held_hasher(writer, start)
+            saved = hasher is None and start > 0
+            if hasher is None:
+                hasher = await self._saved_hasher(name, upload_id, DEFAULT_ALGORITHM, start)
             expected = content_length
             if content_range is not None:
                 expected = content_range[1] - content_range[0] + 1
@@ -157,8 +162,8 @@ class Uploads:
             await writer.close()
         except WriterBusy:
             raise await self._busy(name, upload_id) from None
-        if hasher is not None:
-            await self._save_state(name, upload_id, hasher, start, writer.size)
+        if hasher is not None and _held(writer, writer.size) is None:
+            await self._save_state(name, upload_id, hasher, start if saved else 0, writer.size)
         return UploadStatus(upload_id, writer.size)
 
     async def complete(
@@ -437,8 +442,8 @@ class Uploads:
             paths.upload_hashstate(name, upload_id, hasher.algorithm, new_offset), state
         )
         # After the put, never alongside it: a delete that empties a directory prunes its entry,
-        # and SeaweedFS can lose the listing of an object created there at that moment. At
-        # offset 0 no state was saved.
+        # and SeaweedFS can lose the listing of an object created there at that moment.
+        # ``old_offset`` 0: no state was saved before this one.
         if old_offset:
             await self.driver.delete(
                 paths.upload_hashstate(name, upload_id, hasher.algorithm, old_offset)
@@ -479,6 +484,26 @@ async def _write(writer: FileWriter, hasher: Hasher | None, data: bytearray) -> 
         await writer.write(data)
     else:
         await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+
+
+def _held(writer: FileWriter, size: int) -> bytes | None:
+    """A small session's ``size`` bytes when the writer holds them all (S3: they travel in its
+    state object). Such a session needs no saved hash state: the next chunk and the completion
+    read these bytes anyway."""
+    if not 0 < size <= SMALL_BLOB:
+        return None
+    held = writer.held()
+    return held if held is not None and len(held) == size else None
+
+
+def _held_hasher(writer: FileWriter, offset: int) -> Hasher | None:
+    """A hasher over the bytes ``_held`` gives, without a request; else None."""
+    held = _held(writer, offset)
+    if held is None:
+        return None
+    hasher = new_hasher(DEFAULT_ALGORITHM)
+    hasher.update(held)
+    return hasher
 
 
 def _whole(content_range: tuple[int, int] | None, content_length: int | None) -> bool:
