@@ -149,6 +149,20 @@ async def test_a_gc_lease_means_listing(backend: Backend, record: Any, lists: bo
         assert (await c.head(f"/v2/app/blobs/{blob}")).status_code == 200
 
 
+async def test_only_a_look_completed_before_the_writer_began_counts(backend: Backend) -> None:
+    """A look that completed after the writer sent its mark proves nothing (a GC could have
+    removed the blob, then released its lease, while the mark was in flight); nor does one
+    older than the window when the mark completed."""
+    async with backend.driver() as store:
+        quiet = GCQuiet(store, WINDOW)
+        began = time.monotonic()
+        await quiet.look()
+        now = time.monotonic()
+        assert not quiet.covers(began, now)
+        assert quiet.covers(now, now)
+        assert not quiet.covers(now, now + WINDOW)
+
+
 async def test_no_window_always_lists(backend: Backend) -> None:
     async with _replica(backend, window=0) as (c, driver, quiet):
         await quiet.look()

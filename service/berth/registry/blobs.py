@@ -134,9 +134,8 @@ class BlobStore:
         for attempt in range(RESERVE_ATTEMPTS):
             marked = time.monotonic()
             await self.driver.put(paths.blob_touch(digest), b"")
-            if self.gc_quiet.covers(
-                time.monotonic(), read_at=read_at if known is not None else None
-            ):
+            since = read_at if known is not None else marked
+            if self.gc_quiet.covers(since, time.monotonic()):
                 # No GC was running when ``known`` was read, nor can one remove it now.
                 size = known if known is not None else await self.fresh_size(digest)
                 if size is None:
@@ -282,7 +281,7 @@ class BlobStore:
         for attempt in range(RESERVE_ATTEMPTS):
             marked = time.monotonic()
             await self.driver.put(key, data)
-            if self.gc_quiet.covers(time.monotonic()):
+            if self.gc_quiet.covers(marked, time.monotonic()):
                 self._reserved_now(digest, len(data), marked)
                 return
             names = await self._list_blob_dir(digest)

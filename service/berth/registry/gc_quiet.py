@@ -4,10 +4,14 @@ A writer that relies on a blob (a manifest PUT, a mount, a finished upload) writ
 (``touch``, or the content itself) and then lists the blob's directory for GC tombstones
 (docs/gc.md). Every GC run holds the ``gc`` lease from before its first tombstone until its
 last delete, and waits ``cache.gc_lease_staleness_seconds`` (W) after writing the lease before
-it writes any tombstone. So if a look at the lease *sent* at time q found none, and the mark's
-write *completed* before q + W, the mark was in place before any tombstone of a GC that took
-the lease after q: that GC's re-check after its tombstone sees the mark, exactly as when the
-writer lists and finds nothing. The listing is then skipped.
+it writes any tombstone. Say a look at the lease, sent at time q, found none and *completed*
+before the writer sent the first request its reservation relies on (the mark's write, or an
+earlier read of the blob), and the mark's write completed before q + W. A GC that had the lease
+before the look had released it, so its deletes were all done before that first request; a GC
+that took it after q writes no tombstone before q + W, after the mark was in place, so its
+re-check after its tombstone sees the mark, exactly as when the writer lists and finds nothing.
+The listing is then skipped. (A look completed only after the mark was sent proves nothing: a
+GC could have removed the blob, then released the lease, while the mark was in flight.)
 
 Looks are lazy: a writer that finds the last look too old starts one (at most one in flight)
 and lists as before; so an idle replica sends nothing, and a busy one about one GET per W/2.
@@ -47,24 +51,25 @@ class GCQuiet:
     def __init__(self, driver: StorageDriver, window: float) -> None:
         self.driver = driver
         self.window = window
-        self._quiet_sent: float | None = None  # monotonic send time of a look that found none
+        # Monotonic send and completion times of the last look, if it found no GC.
+        self._quiet_sent: float | None = None
+        self._quiet_done = 0.0
         self._looks: SingleFlight[str, None] = SingleFlight()
         self.skipped = 0  # listings skipped (for tests and debugging)
 
-    def covers(self, completed: float, *, read_at: float | None = None) -> bool:
-        """Whether a mark whose write completed at the monotonic time ``completed`` needs no
-        tombstone listing. ``read_at``: the writer also relies on something it read before
-        the mark (a blob's ``data`` existing), sent at that time; the look must be older than
-        that read, or a GC that finished between the read and the look could have removed it.
-        Starts a look when the last one is getting old."""
+    def covers(self, since: float, completed: float) -> bool:
+        """Whether a reservation needs no tombstone listing: its first request (the mark's
+        write, or an earlier read it relies on) was sent at the monotonic time ``since``, and
+        the mark's write completed at ``completed``. Starts a look when the last one is
+        getting old."""
         if self.window <= 0:
             return False
         sent = self._quiet_sent
         if sent is None or completed - sent >= self.window:
             self._refresh()
             return False
-        if read_at is not None and sent > read_at:
-            return False  # a newer look replaced the one from before the read: list
+        if self._quiet_done > since:
+            return False  # that look completed only after the writer began: list
         if time.monotonic() - sent >= self.window / 2:
             self._refresh()  # keep a busy replica's view fresh before it runs out
         self.skipped += 1
@@ -87,4 +92,4 @@ class GCQuiet:
         if raw is not None and lease_active(raw, time.time()):
             self._quiet_sent = None
         else:
-            self._quiet_sent = sent
+            self._quiet_sent, self._quiet_done = sent, time.monotonic()
