@@ -118,41 +118,64 @@ class BlobStore:
         refers to the blob (a link, a manifest revision); None means the blob is absent.
 
         An absent blob is reported without writing anything, unless ``touch_absent`` (a writer
-        about to put the blob there): a request naming unknown digests (a manifest, a mount)
-        must leave no ``touch`` behind, or every failed request could create directories.
+        about to put the blob there) or this process saw it present lately (then a GC may have
+        removed it since, and its ``touch`` stays for the next GC run): a request naming
+        digests never seen (a manifest, a mount) must leave no ``touch`` behind, or every
+        failed request could create directories.
         """
         recent = self._recently_reserved(digest)
         if recent is not None:
             return recent
-        known: int | None = None
+        if touch_absent or self._sizes.get(digest) is not None:
+            # A writer about to put the blob there, or one seen present lately (a HEAD, an
+            # earlier push): touch at once, reading the size alongside. If a GC removed a blob
+            # seen lately, a ``touch`` stays behind (as after an interrupted write) for the
+            # next GC run to remove; a digest never seen still gets nothing written.
+            return await self._reserve_touching(digest)
         read_at = time.monotonic()
-        if not touch_absent:
-            known = await self.fresh_size(digest)
-            if known is None:
-                self.forget(digest)
-                return None
+        known = await self.fresh_size(digest)
+        if known is None:
+            self.forget(digest)
+            return None
         for attempt in range(RESERVE_ATTEMPTS):
             marked = time.monotonic()
             await self.driver.put(paths.blob_touch(digest), b"")
-            since = read_at if known is not None else marked
-            if self.gc_quiet.covers(since, time.monotonic()):
+            if self.gc_quiet.covers(read_at, time.monotonic()):
                 # No GC was running when ``known`` was read, nor can one remove it now.
-                size = known if known is not None else await self.fresh_size(digest)
+                self._reserved_now(digest, known, marked)
+                return known
+            # Content never changes, so only whether ``data`` still exists (in the same
+            # listing that shows tombstones) needs reading after the touch.
+            names = await self._list_blob_dir(digest)
+            size = known if paths.BLOB_DATA in names else None
+            if not await self._gc_in_progress(digest, names, paths.blob_touch(digest)):
                 if size is None:
                     self.forget(digest)
                 else:
                     self._reserved_now(digest, size, marked)
                 return size
-            if known is not None:
-                # Content never changes, so only whether ``data`` still exists (in the same
-                # listing that shows tombstones) needs reading after the touch.
-                names = await self._list_blob_dir(digest)
-                size = known if paths.BLOB_DATA in names else None
+            await _back_off(attempt)
+        raise _being_collected(digest)
+
+    async def _reserve_touching(self, digest: Digest) -> int | None:
+        """``reserve`` starting with the touch: the size is read with it (after it, the
+        listing for tombstones, unless no GC can be running: gc_quiet.py)."""
+        for attempt in range(RESERVE_ATTEMPTS):
+            marked = time.monotonic()
+            # Read alongside the touch: a GC that could remove the blob meanwhile is one whose
+            # tombstone the listing below shows, or one gc_quiet rules out.
+            _, size = await asyncio.gather(
+                self.driver.put(paths.blob_touch(digest), b""), self.fresh_size(digest)
+            )
+            if self.gc_quiet.covers(marked, time.monotonic()):
+                names = None
             else:
-                names, size = await asyncio.gather(
-                    self._list_blob_dir(digest), self.fresh_size(digest)
-                )
-            if not await self._gc_in_progress(digest, names, paths.blob_touch(digest)):
+                names = await self._list_blob_dir(digest)
+                if paths.BLOB_DATA not in names:
+                    size = None
+            if names is None or not await self._gc_in_progress(
+                digest, names, paths.blob_touch(digest)
+            ):
                 if size is None:
                     self.forget(digest)
                 else:
