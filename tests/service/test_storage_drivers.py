@@ -411,6 +411,27 @@ async def test_s3_deleting_upload_dir_aborts_multipart(s3_driver: Any) -> None:
     assert [i async for i in s3_driver.walk("r")] == []
 
 
+async def test_s3_move_past_the_copy_limit_copies_part_by_part(
+    s3_driver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object CopyObject refuses (over 5 GiB; here the store is told so for 11 MiB) is
+    copied with a multipart upload of UploadPartCopy parts, then the source removed."""
+    from berth.storage.s3 import driver as s3_module
+    from berth.storage.s3.transport import CopyTooLarge
+
+    async def too_large(src_full: str, dst_full: str, key: str) -> None:
+        raise CopyTooLarge(key)
+
+    monkeypatch.setattr(s3_driver.transport, "copy", too_large)
+    monkeypatch.setattr(s3_module, "COPY_PART", PART)
+    data = os.urandom(2 * PART + MiB)
+    await s3_driver.put("up/big/data", data)
+    await s3_driver.move("up/big/data", "blobs/ab/abbig/data")
+    assert await s3_driver.get("blobs/ab/abbig/data") == data
+    with pytest.raises(PathNotFound):
+        await s3_driver.stat("up/big/data")
+
+
 async def test_s3_root_directory_prefix(s3_driver: Any) -> None:
     await s3_driver.put("docker/registry/v2/x", b"1")
     listing = await (await s3_driver.botocore()).list_objects_v2(

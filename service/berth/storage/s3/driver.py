@@ -417,14 +417,12 @@ class S3Driver(StorageDriver):
     async def _multipart_copy(self, src: str, src_full: str, dst_full: str) -> None:
         """Copy an object larger than CopyObject allows (5 GiB), part by part, server-side."""
         size = (await self.stat(src)).size
-        client = await self.botocore()
-        resp = await call(
-            src,
-            client.create_multipart_upload(Bucket=self.bucket, Key=dst_full, **self.object_args),
-        )
-        upload_id = resp["UploadId"]
+        # The multipart upload through the transport, as for writers; only UploadPartCopy is
+        # botocore's (the lean client has no copy-part request).
+        upload_id = await self.transport.create_upload(dst_full, src)
         try:
-            parts = []
+            client = await self.botocore()
+            etags = []
             for number, start in enumerate(range(0, size, COPY_PART), start=1):
                 last = min(start + COPY_PART, size) - 1
                 part = await call(
@@ -438,16 +436,8 @@ class S3Driver(StorageDriver):
                         CopySourceRange=f"bytes={start}-{last}",
                     ),
                 )
-                parts.append({"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]})
-            await call(
-                src,
-                client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=dst_full,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                ),
-            )
+                etags.append(str(part["CopyPartResult"]["ETag"]))
+            await self.transport.complete_upload(dst_full, src, upload_id, etags)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.abort_upload(dst_full, upload_id)
