@@ -8,6 +8,7 @@ same answers; failures become the driver's errors (``errors.translate``).
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import AsyncIterable
 from typing import Any
@@ -17,9 +18,44 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import call, error_code, is_not_found, is_transient, translate
 from .transport import CopyTooLarge, DeleteFailure, Entry, Head, ListPage, S3Transport
-from .writer import PartBody
 
 _BODY_ERRORS = (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError)
+
+
+class PartBody(io.RawIOBase):
+    """A seekable read-only view of a part buffer, so the HTTP client sends it in small pieces
+    (its transport never holds a second copy of the whole part) and can rewind it to retry."""
+
+    def __init__(self, data: bytearray) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), len(self._view) - self._pos)
+        buffer[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, min(base + offset, len(self._view)))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def close(self) -> None:
+        # Keep the view usable: the HTTP client may close the body between retries.
+        pass
 
 
 def retry_more(client: Any, max_attempts: int) -> None:

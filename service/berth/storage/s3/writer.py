@@ -55,14 +55,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..driver import FileWriter, PathNotFound, StorageUnavailable, WriterBusy
 
@@ -142,42 +141,6 @@ class WriterState:
             claim=obj.get("claim"),
             claimed_at=float(obj.get("claimed_at", 0.0)),
         )
-
-
-class PartBody(io.RawIOBase):
-    """A seekable read-only view of a part buffer, so the HTTP client sends it in small pieces
-    (its transport never holds a second copy of the whole part) and can rewind it to retry."""
-
-    def __init__(self, data: bytearray) -> None:
-        self._view = memoryview(data)
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = min(len(buffer), len(self._view) - self._pos)
-        buffer[:n] = self._view[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, min(base + offset, len(self._view)))
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def __len__(self) -> int:
-        return len(self._view)
-
-    def close(self) -> None:
-        # Keep the view usable: the HTTP client may close the body between retries.
-        pass
 
 
 class PartBudget:
