@@ -106,6 +106,15 @@ class BlobStore:
         self._sizes.put(digest, size)
         self._reserved.put(digest, marked)
 
+    def _reserved_as(self, digest: Digest, size: int | None, marked: float) -> int | None:
+        """The outcome of a reservation whose mark was sent at ``marked``: remembered when the
+        blob is there, forgotten when it is not."""
+        if size is None:
+            self.forget(digest)
+        else:
+            self._reserved_now(digest, size, marked)
+        return size
+
     async def reserve(self, digest: Digest, *, touch_absent: bool = False) -> int | None:
         """Size of the blob, read fresh (never the size cache), guaranteed to survive a
         concurrent GC; or that of a reservation this process made within
@@ -142,18 +151,13 @@ class BlobStore:
             await self.driver.put(paths.blob_touch(digest), b"")
             if self.gc_quiet.covers(read_at, time.monotonic()):
                 # No GC was running when ``known`` was read, nor can one remove it now.
-                self._reserved_now(digest, known, marked)
-                return known
+                return self._reserved_as(digest, known, marked)
             # Content never changes, so only whether ``data`` still exists (in the same
             # listing that shows tombstones) needs reading after the touch.
             names = await self._list_blob_dir(digest)
             size = known if paths.BLOB_DATA in names else None
             if not await self._gc_in_progress(digest, names, paths.blob_touch(digest)):
-                if size is None:
-                    self.forget(digest)
-                else:
-                    self._reserved_now(digest, size, marked)
-                return size
+                return self._reserved_as(digest, size, marked)
             await _back_off(attempt)
         raise _being_collected(digest)
 
@@ -168,19 +172,12 @@ class BlobStore:
                 self.driver.put(paths.blob_touch(digest), b""), self.fresh_size(digest)
             )
             if self.gc_quiet.covers(marked, time.monotonic()):
-                names = None
-            else:
-                names = await self._list_blob_dir(digest)
-                if paths.BLOB_DATA not in names:
-                    size = None
-            if names is None or not await self._gc_in_progress(
-                digest, names, paths.blob_touch(digest)
-            ):
-                if size is None:
-                    self.forget(digest)
-                else:
-                    self._reserved_now(digest, size, marked)
-                return size
+                return self._reserved_as(digest, size, marked)
+            names = await self._list_blob_dir(digest)
+            if paths.BLOB_DATA not in names:
+                size = None
+            if not await self._gc_in_progress(digest, names, paths.blob_touch(digest)):
+                return self._reserved_as(digest, size, marked)
             await _back_off(attempt)
         raise _being_collected(digest)
 
