@@ -195,7 +195,7 @@ class Uploads:
             writer = await self.open_data(name, upload_id)
         else:
             writer = await self._open_session(name, upload_id)
-        held = writer.held() if writer.size <= SMALL_BLOB else None
+        held = _held(writer, writer.size)
         if held is not None:
             # A small session whose bytes the writer holds (S3: in its state object): stored
             # like a monolithic small blob, without the commit, hash state and move.
@@ -490,7 +490,7 @@ def _held(writer: FileWriter, size: int) -> bytes | None:
     """A small session's ``size`` bytes when the writer holds them all (S3: they travel in its
     state object). Such a session needs no saved hash state: the next chunk and the completion
     read these bytes anyway."""
-    if not 0 < size <= SMALL_BLOB:
+    if size > SMALL_BLOB:
         return None
     held = writer.held()
     return held if held is not None and len(held) == size else None
