@@ -112,6 +112,15 @@ class S3Settings(_Section):
         "background, over all its uploads; an upload whose next part does not fit waits for it "
         "to upload before it receives more (0: no pipelining). Per worker process.",
     )
+    upload_claim_seconds: float = Field(
+        30.0,
+        ge=2.0,
+        le=3600.0,
+        description="A request adding parts to an upload session another request started "
+        "claims the session (a conditional write) and renews the claim every sixth of this "
+        "while its parts upload; a replica that dies mid-chunk keeps the session busy (416 to "
+        "other chunks) for at most this long. Replicas' clocks must agree to well within it.",
+    )
     max_pool_connections: int = Field(64, ge=1, description="HTTP connection pool size.")
     access_key_id: str | None = Field(
         None,

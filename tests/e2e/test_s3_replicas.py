@@ -279,7 +279,11 @@ def test_chunked_upload_lands_on_every_replica(
 def test_replica_killed_mid_upload(
     berth_factory: BerthFactory, weed: s3_servers.S3Server, e2e_workdir: Path, repo: str
 ) -> None:
-    config = berth_s3_config(weed, s3_servers.new_bucket(weed))
+    """The victim streams its part under a claim (the chunk continues a multipart upload the
+    first chunk started): the other replicas refuse that chunk (416) while the claim lasts, and
+    take it once the claim expires; nothing the victim sent is kept."""
+    claim = 6.0
+    config = berth_s3_config(weed, s3_servers.new_bucket(weed), upload_claim_seconds=claim)
     replicas = [berth_factory.start(config=config) for _ in range(3)]
     lb = start_haproxy(e2e_workdir, replicas)
     try:
@@ -321,16 +325,24 @@ def test_replica_killed_mid_upload(
             t = threading.Thread(target=send)
             t.start()
             t.join(60)
+            killed = time.monotonic()
             assert errors, "the killed replica answered"
             victim.proc.wait(10)
             time.sleep(1.0)  # haproxy's health check marks it down
 
-            # The client asks where the upload stands and finishes it on the others.
+            # The client asks where the upload stands and finishes it on the others, once the
+            # dead replica's claim has expired.
             r = c.get(loc)
             assert r.status_code == 204, r.text
             assert r.headers["Range"] == f"0-{len(first) - 1}"
             r = _patch(c, loc, second, len(first))
+            assert r.status_code == 416, r.text  # the claim is still live
+            assert r.headers["Range"] == f"0-{len(first) - 1}"
+            while r.status_code == 416 and time.monotonic() - killed < claim + 10:
+                time.sleep(0.5)
+                r = _patch(c, loc, second, len(first))
             assert r.status_code == 202, r.text
+            assert time.monotonic() - killed < claim + 5  # busy for about the claim's life
             r = _patch(c, r.headers["Location"], rest, len(first) + len(second))
             assert r.status_code == 202, r.text
             r = c.put(with_query(r.headers["Location"], digest=digest))

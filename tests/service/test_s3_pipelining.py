@@ -5,7 +5,10 @@ each behind a ``FaultProxy`` that slows or fails chosen part uploads.
 * a part failing in the middle of a pipeline puts its bytes (and the later parts') back, so
   what ``close`` persists is contiguous and the upload resumes and completes;
 * a cancelled ``write`` (client gone) leaves a state a new writer continues from;
-* the per-process budget bounds the bytes held by parts uploading in the background.
+* the per-process budget bounds the bytes held by parts uploading in the background;
+* a writer adding parts to an upload another writer started streams them under a claim it
+  renews while its parts upload: a paused client keeps the session, a dead writer's claim
+  expires, and a writer whose claim was taken or went stale stops its part before it lands.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import os
 import re
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +26,8 @@ from typing import Any
 import pytest
 
 from berth.config import S3Settings
-from berth.storage.driver import PathNotFound, StorageRefused, StorageUnavailable
+from berth.storage.driver import PathNotFound, StorageRefused, StorageUnavailable, WriterBusy
+from berth.storage.s3.writer import STATE_SUFFIX, WriterState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import s3_servers
@@ -434,20 +439,154 @@ async def test_the_lean_client_uploads_without_botocore(driver: Any) -> None:
     assert not left.get("Uploads")  # committed and aborted: none in progress
 
 
-async def test_a_writer_continuing_anothers_upload_gathers_its_parts(driver: Any) -> None:
-    """Adding parts to a multipart upload another writer started needs the claim: a streamed
-    part would hold it while the client sends (a killed replica would keep the session busy
-    for the claim's lifetime), so such a writer gathers each part and claims only to send it."""
-    data = os.urandom(3 * PART)
-    w = await driver.writer("r/_uploads/cont/data", append=True)
+# -- claims: adding parts to a multipart upload another writer started ---------------------------
+
+
+async def _started(d: Any, key: str, data: bytes) -> None:
+    """An earlier request started the multipart upload: one whole part and 10 bytes."""
+    w = await d.writer(key, append=True)
     w.expect(PART + 10)
     await _write(w, data[: PART + 10])
     await w.close()
-    w = await driver.writer("r/_uploads/cont/data", append=True)
+
+
+async def _stored_state(d: Any, key: str) -> tuple[WriterState, bytes | None]:
+    return WriterState.from_bytes(await d.get_full(d.full_key(key) + STATE_SUFFIX))
+
+
+async def test_a_writer_continuing_anothers_upload_streams_under_its_claim(driver: Any) -> None:
+    """Its part goes out as the bytes arrive, under a claim taken before the part starts:
+    another writer on the session is refused while it streams, then continues after it."""
+    key = "r/_uploads/cont/data"
+    data = os.urandom(3 * PART)
+    await _started(driver, key, data)
+    w = await driver.writer(key, append=True)
     assert w._state.upload_id is not None  # started by the first writer
-    w.expect(len(data) - PART - 10)
+    w.expect(2 * PART - 10)
     await w.write(data[PART + 10 : PART + 10 + MiB])
-    assert w._feed is None and w._state.claim is None  # gathering: nothing sent, no claim
-    await _write(w, data[PART + 10 + MiB :])
+    assert w._feed is not None  # streaming, not gathering
+    assert (await _stored_state(driver, key))[0].claim == w._token
+    other = await driver.writer(key, append=True)
+    other.expect(PART)
+    with pytest.raises(WriterBusy):
+        await other.write(data[PART + 10 : 2 * PART + 10])
+    await _write(w, data[PART + 10 + MiB : 2 * PART])
+    await w.close()
+    state, _ = await _stored_state(driver, key)
+    assert state.claim is None and len(state.etags) == 2  # released with the progress
+    assert _held([w]) == 0 and driver.part_budget.peak == 0  # nothing gathered
+    w = await driver.writer(key, append=True)
+    await _write(w, data[2 * PART :])
     await w.commit()
-    assert await driver.get("r/_uploads/cont/data") == data
+    assert await driver.get(key) == data
+
+
+@pytest.fixture
+async def short_claims(
+    server: s3_servers.S3Server, proxy: s3_servers.FaultProxy, no_ca_bundle: None
+) -> AsyncIterator[Any]:
+    """Claims of 2 s (renewed every third of a second)."""
+    d = await _driver(server, proxy, upload_claim_seconds=2.0)
+    yield d
+    await d.close()
+
+
+async def test_a_claim_is_renewed_while_the_client_pauses(short_claims: Any) -> None:
+    """A client pausing mid-part for longer than the claim's lifetime keeps the session: the
+    claim is renewed in the background while the part uploads."""
+    d, key = short_claims, "r/_uploads/pause/data"
+    data = os.urandom(2 * PART + 10)
+    await _started(d, key, data)
+    w = await d.writer(key, append=True)
+    w.expect(PART)
+    await w.write(data[PART + 10 : PART + 10 + MiB])
+    first = (await _stored_state(d, key))[0].claimed_at
+    await asyncio.sleep(3.0)  # longer than the claim lasts
+    state, _ = await _stored_state(d, key)
+    assert state.claim == w._token and state.claimed_at > first and state.claim_seconds == 2.0
+    other = await d.writer(key, append=True)
+    with pytest.raises(WriterBusy):
+        await other.write(data[PART + 10 : 2 * PART + 10])
+    await _write(w, data[PART + 10 + MiB : 2 * PART + 10])
+    await w.commit()
+    assert await d.get(key) == data
+
+
+async def test_a_dead_writers_claim_expires(short_claims: Any) -> None:
+    """A replica killed mid-part (its upload and its renewals stop, nothing is released)
+    keeps the session busy for the claim's lifetime, then another writer finishes it."""
+    d, key = short_claims, "r/_uploads/dead/data"
+    data = os.urandom(3 * PART)
+    await _started(d, key, data)
+    w = await d.writer(key, append=True)
+    w.expect(PART)
+    await w.write(data[PART + 10 : PART + 10 + MiB])
+    assert w._renewer is not None and w._feed is not None and w._feed.task is not None
+    w._renewer.cancel()  # killed: no renewal, no part, no close
+    w._feed.task.cancel()
+    other = await d.writer(key, append=True)
+    other.expect(len(data) - PART - 10)
+    with pytest.raises(WriterBusy):
+        await other.write(data[PART + 10 : 2 * PART + 10])
+    await asyncio.sleep(2.2)
+    other = await d.writer(key, append=True)
+    assert other.size == PART + 10  # nothing of the dead writer's part
+    other.expect(len(data) - PART - 10)
+    await _write(other, data[PART + 10 :])
+    await other.commit()
+    assert await d.get(key) == data
+
+
+async def test_a_writer_whose_claim_was_taken_stops_its_part(short_claims: Any) -> None:
+    """A process that stalled past its claim's lifetime finds, at its next renewal, that
+    another writer took the session: it stops its part before the part completes (no part
+    of its lands over the other's) and its ``write`` and ``close`` change nothing more."""
+    d, key = short_claims, "r/_uploads/taken/data"
+    data = os.urandom(2 * PART + 10)
+    await _started(d, key, data)
+    w = await d.writer(key, append=True)
+    w.expect(PART)
+    await w.write(data[PART + 10 : PART + 10 + MiB])
+    state, inline = await _stored_state(d, key)
+    state.claim, state.claimed_at = "another", time.time()
+    await d.put_full(d.full_key(key) + STATE_SUFFIX, state.to_bytes(inline or b""))
+    await asyncio.sleep(1.0)  # a renewal is due every third of a second
+    with pytest.raises(WriterBusy):
+        await w.write(data[PART + 10 + MiB : PART + 10 + 2 * MiB])
+    await w.close()
+    after, _ = await _stored_state(d, key)
+    assert after.claim == "another" and len(after.etags) == 1  # untouched by the loser
+    assert await _parts(d, key) == [PART]  # its part never completed
+
+
+async def test_a_claim_that_cannot_be_renewed_stops_the_part(
+    short_claims: Any, proxy: s3_servers.FaultProxy
+) -> None:
+    """The store refuses the renewals (unreachable for the state object): once the last
+    renewal is half the claim's lifetime old, the streamed part refuses its next piece and
+    the write fails; the session resumes where that part began."""
+    d, key = short_claims, "r/_uploads/stale/data"
+    data = os.urandom(2 * PART + 10)
+    await _started(d, key, data)
+    w = await d.writer(key, append=True)
+    w.expect(PART)
+    await w.write(data[PART + 10 : PART + 10 + MiB])
+
+    def rule(method: str, target: str) -> Any:
+        if method == "PUT" and STATE_SUFFIX in target:
+            return ("status", 503, s3_servers.error_body("SlowDown"))
+        return None
+
+    proxy.rule = rule
+    await asyncio.sleep(1.2)  # past half the lifetime without a renewal
+    with pytest.raises(StorageUnavailable):
+        await _write(w, data[PART + 10 + MiB : 2 * PART + 10])
+    proxy.clear()
+    await w.close()
+    assert await _parts(d, key) == [PART]
+    w = await d.writer(key, append=True)
+    assert w.size == PART + 10  # cut back to where the part began
+    w.expect(PART)
+    await _write(w, data[PART + 10 :])
+    await w.commit()
+    assert await d.get(key) == data

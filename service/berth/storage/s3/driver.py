@@ -87,6 +87,7 @@ class S3Driver(StorageDriver):
         # Pipelined part uploads (writer.py): per writer, and per process (one driver each).
         self.parts_in_flight = settings.parts_in_flight
         self.part_budget = PartBudget(settings.part_buffer_budget * 1024 * 1024)
+        self.claim_seconds = settings.upload_claim_seconds
 
     # -- clients ---------------------------------------------------------------------------------
 

@@ -14,11 +14,16 @@ Two writers on one session (two replicas given the same upload at once) must not
 part ``n+1`` of one multipart upload: the later part would silently replace the earlier.
 State writes are conditional (``If-Match`` the ETag read), and before a writer adds a part to a
 multipart upload it did not start, it *claims* the state: a conditional write recording its
-token and the time. Another writer that finds a fresh claim (younger than ``CLAIM_SECONDS``)
-raises WriterBusy instead of uploading; a claim left by a crashed process expires. A writer
-renews its claim before each part once a quarter of that time has passed, and ``close``
-releases it. A writer that starts its own multipart upload needs no claim: its parts cannot
-collide, and the loser of the conditional state write aborts its upload.
+token, the time and how long the claim lasts (``upload_claim_seconds``). Another writer that
+finds a live claim raises WriterBusy instead of uploading; a claim left by a crashed process
+expires. While any of its parts uploads (a streamed part: for as long as the client sends), the
+writer renews its claim every sixth of its lifetime in the background, so a slow client keeps
+the session and a killed replica leaves it busy for one lifetime at most. If a renewal is
+refused (another writer took over: this process stalled past the claim's lifetime) or the last
+renewal is older than half the lifetime, the writer stops its parts before they finish (a
+streamed part's body refuses its next piece) and fails the write; ``close`` releases the claim.
+A writer that starts its own multipart upload needs no claim: its parts cannot collide, and the
+loser of the conditional state write aborts its upload.
 
 Parts are pipelined: once a part is full, ``write`` starts its upload in a task and returns,
 so the next part is received while the previous ones upload. A writer has at most
@@ -36,19 +41,20 @@ persists stays contiguous. ``close``, ``commit`` and ``cancel`` wait for every p
 Memory per open writer is bounded by ``parts_in_flight`` + 1 parts plus one incoming write
 (one part when the budget is spent).
 
-Streamed parts: after ``expect(n)`` (a request's Content-Length), a writer that starts its own
-multipart upload (the first chunk of a session, or a whole blob) does not gather a part that
-the coming bytes will fill: its UploadPart starts at once with the buffered bytes as its start
-and takes each write's bytes as they arrive (``_Feed``: one piece at a time, so a writer holds
-about one piece instead of one part). Its bytes are not kept, so it cannot be sent again: when
-a streamed part fails, or the writer closes before feeding all of it (the client went away),
-the content is cut back to the start of that part (its first bytes, the old buffer, are
-kept) and everything after it is dropped; ``size`` says where to resume. ``close`` writes the new
-tail object first, then the state that names it, then deletes the old tail: a crash at any point
-leaves a consistent state (at worst an orphaned tail or part that the next writer overwrites and
-purging removes). An abandoned upload leaves the state, the tail and an in-progress multipart
-upload; deleting the upload directory aborts it (see ``S3Driver.delete``), and a bucket
-lifecycle rule ``AbortIncompleteMultipartUpload`` catches the rest.
+Streamed parts: after ``expect(n)`` (a request's Content-Length), a writer does not gather a
+part that the coming bytes will fill: its UploadPart starts at once with the buffered bytes as
+its start and takes each write's bytes as they arrive (``_Feed``: one piece at a time, so a
+writer holds about one piece instead of one part). In a multipart upload another writer
+started, the claim is taken before the part starts and renewed while it streams. Its bytes
+are not kept, so it cannot be sent again: when a streamed part fails, or the writer closes
+before feeding all of it (the client went away), the content is cut back to the start of that
+part (its first bytes, the old buffer, are kept) and everything after it is dropped; ``size``
+says where to resume. ``close`` writes the new tail object first, then the state that names it,
+then deletes the old tail: a crash at any point leaves a consistent state (at worst an orphaned
+tail or part that the next writer overwrites and purging removes). An abandoned upload leaves
+the state, the tail and an in-progress multipart upload; deleting the upload directory aborts
+it (see ``S3Driver.delete``), and a bucket lifecycle rule ``AbortIncompleteMultipartUpload``
+catches the rest.
 """
 
 from __future__ import annotations
@@ -59,11 +65,11 @@ import json
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..driver import FileWriter, PathNotFound, StorageUnavailable, WriterBusy
+from ..driver import FileWriter, PathNotFound, StorageError, StorageUnavailable, WriterBusy
 
 if TYPE_CHECKING:
     from .driver import S3Driver
@@ -73,8 +79,9 @@ TAIL_INFIX = ".berth-tail-"
 # A tail up to this size travels inside the state object: a small upload then costs one PUT
 # per PATCH and one GET to resume, and its commit is a PutObject from memory.
 INLINE_TAIL_MAX = 1024 * 1024
-# How long a writer's claim on a multipart upload keeps others out if it is never released.
-CLAIM_SECONDS = 120.0
+# A claim recorded without its lifetime (by an earlier version, which did not renew it in the
+# background) keeps others out this long.
+LEGACY_CLAIM_SECONDS = 120.0
 # A streamed part takes a write's bytes in pieces of at most this size, one waiting at a time.
 FEED_PIECE = 256 * 1024
 
@@ -93,9 +100,12 @@ class WriterState:
     tail_size: int = 0
     claim: str | None = None  # token of the writer adding parts right now
     claimed_at: float = 0.0  # epoch seconds
+    claim_seconds: float = LEGACY_CLAIM_SECONDS  # how long the claim lasts unless renewed
 
     def claimed_by_other(self, token: str, now: float) -> bool:
-        return bool(self.claim) and self.claim != token and now - self.claimed_at < CLAIM_SECONDS
+        return (
+            bool(self.claim) and self.claim != token and now - self.claimed_at < self.claim_seconds
+        )
 
     @property
     def size(self) -> int:
@@ -125,6 +135,7 @@ class WriterState:
                 "tail_size": self.tail_size,
                 "claim": self.claim,
                 "claimed_at": self.claimed_at,
+                "claim_seconds": self.claim_seconds,
             },
             separators=(",", ":"),
         ).encode()
@@ -140,6 +151,7 @@ class WriterState:
             tail_size=int(obj.get("tail_size", 0)),
             claim=obj.get("claim"),
             claimed_at=float(obj.get("claimed_at", 0.0)),
+            claim_seconds=float(obj.get("claim_seconds", LEGACY_CLAIM_SECONDS)),
         )
 
 
@@ -180,11 +192,14 @@ class _Part:
 class _Feed:
     """The streamed part being filled: pieces go from ``write`` to its UploadPart's body."""
 
-    def __init__(self, start: bytearray, length: int) -> None:
+    def __init__(
+        self, start: bytearray, length: int, check: Callable[[], None] | None = None
+    ) -> None:
         self.start = start  # the writer's old buffer: never changed, kept to cut back to
         self.remaining = length - len(start)  # still to be put
         self._needed = self.remaining
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
+        self._check = check  # raises when the part must not go on (its claim is stale)
         self.task: asyncio.Task[str] | None = None
 
     async def chunks(self) -> AsyncIterator[bytes | memoryview]:
@@ -194,6 +209,8 @@ class _Feed:
         while left > 0:
             piece = await self._queue.get()
             left -= len(piece)
+            if self._check is not None:
+                self._check()  # before the piece: the last one completes the part
             yield piece
 
     async def put(self, piece: memoryview) -> bool:
@@ -244,6 +261,10 @@ class S3Writer(FileWriter):
         self._token = uuid.uuid4().hex
         # The multipart upload was started by an earlier writer: adding parts needs a claim.
         self._shared_upload = state.upload_id is not None
+        self._claim_seconds = driver.claim_seconds
+        self._claim_lock = asyncio.Lock()  # one claim write at a time (renewals, the writer)
+        self._renewer: asyncio.Task[None] | None = None  # renews the claim while parts upload
+        self._claim_error: StorageError | None = None  # the claim was lost or went stale
         self._stored = (state.to_json(), inline_tail or b"")  # what the state object holds
         self._lost = False  # another writer owns the session: persist nothing more
         self._inflight: deque[_Part] = deque()  # parts uploading, oldest first
@@ -271,6 +292,8 @@ class S3Writer(FileWriter):
     async def write(self, data: bytes | bytearray) -> None:
         if not data:
             return
+        if self._claim_error is not None:
+            raise self._claim_error
         await self._load_tail()
         self._dirty = True
         await self._settle(len(self._inflight))  # record the parts that have finished
@@ -279,14 +302,7 @@ class S3Writer(FileWriter):
         while view:
             if len(self._buffer) >= part_size:  # a tail restored after a failure
                 await self._send_whole_parts()
-            # Only in a multipart upload this writer started: adding parts to another's needs
-            # the claim, which a streamed part would hold for as long as the client sends,
-            # and a replica killed meanwhile would leave the session busy for CLAIM_SECONDS.
-            streamable = (
-                self._expected
-                and not self._shared_upload
-                and len(self._buffer) + self._expected >= part_size
-            )
+            streamable = self._expected and len(self._buffer) + self._expected >= part_size
             if self._feed is None and streamable:
                 await self._start_part(part_size, stream=True)
             if self._feed is not None:
@@ -360,7 +376,7 @@ class S3Writer(FileWriter):
         number = len(self._state.etags) + len(self._inflight) + 1
         if stream:
             start, self._buffer = self._buffer, bytearray()
-            feed = _Feed(start, length)
+            feed = _Feed(start, length, self._check_claim if self._shared_upload else None)
             feed.task = asyncio.create_task(
                 self._driver.transport.upload_part(
                     self._bucket_key,
@@ -417,7 +433,8 @@ class S3Writer(FileWriter):
                 budget.give(p.budgeted)
                 if not p.task.cancelled():
                     p.task.exception()  # retrieved: no "never retrieved" warning
-            failure = error or asyncio.CancelledError()
+            # Parts cancelled because the claim was lost fail with that, not as cancelled.
+            failure = error or self._claim_error or asyncio.CancelledError()
             if raise_failure:
                 raise failure
             return failure
@@ -438,6 +455,7 @@ class S3Writer(FileWriter):
     async def _abandon(self) -> None:
         """Stop every part in flight and forget it (the writer's content is being thrown away,
         or it cannot be persisted)."""
+        await self._stop_renewing()
         self._feed = None
         parts = list(self._inflight)
         self._inflight.clear()
@@ -454,14 +472,25 @@ class S3Writer(FileWriter):
         """Make sure no other writer adds parts to a shared multipart upload while we do."""
         if not self._shared_upload:
             return
-        state, now = self._state, time.time()
-        if state.claim == self._token and now - state.claimed_at < CLAIM_SECONDS / 4:
-            return
-        if state.claimed_by_other(self._token, now):
-            self._lost = True  # close must not overwrite the other writer's state
-            raise WriterBusy(self._key)
+        if self._claim_error is not None:
+            raise self._claim_error
+        async with self._claim_lock:
+            state, now = self._state, time.time()
+            # Fresh enough that renewals keep it well within half its lifetime (see _check_claim).
+            fresh = now - state.claimed_at < self._claim_seconds / 6
+            if not (state.claim == self._token and fresh):
+                if state.claimed_by_other(self._token, now):
+                    self._lost = True  # close must not overwrite the other writer's state
+                    raise WriterBusy(self._key)
+                await self._write_claim(now)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew())
+
+    async def _write_claim(self, now: float) -> None:
+        """Record our claim (taken or renewed) in the stored state; the caller holds the lock."""
         stored = WriterState.from_json(self._stored[0])
         stored.claim, stored.claimed_at = self._token, now
+        stored.claim_seconds = self._claim_seconds
         # If-Match: a writer that claimed or closed since we read the state wins, we refuse.
         try:
             self._etag = await self._driver.put_full(
@@ -471,7 +500,58 @@ class S3Writer(FileWriter):
             self._lost = True
             raise
         self._stored = (stored.to_json(), self._stored[1])
-        state.claim, state.claimed_at = self._token, now
+        self._state.claim, self._state.claimed_at = self._token, now
+        self._state.claim_seconds = self._claim_seconds
+
+    async def _renew(self) -> None:
+        """Renew the claim every sixth of its lifetime while a part uploads; stop when none
+        does (the next part claims again). A refused renewal, or none for half the lifetime,
+        stops the parts: another writer may take the session over."""
+        while True:
+            await asyncio.sleep(self._claim_seconds / 6)
+            if not any(not p.task.done() for p in self._inflight):
+                return
+            try:
+                async with self._claim_lock:
+                    if self._state.claim != self._token or self._lost:
+                        return
+                    await self._write_claim(time.time())
+            except WriterBusy:
+                self._lose_claim(WriterBusy(self._key))
+                return
+            except Exception:  # the store is unreachable: try again at the next beat
+                try:
+                    self._check_claim()
+                except StorageError as stale:
+                    self._lose_claim(stale)
+                    return
+
+    def _check_claim(self) -> None:
+        """Raise unless our claim is live with room to spare (a streamed part asks before each
+        piece: a part must not complete once another writer may have taken the session)."""
+        if self._claim_error is not None:
+            raise self._claim_error
+        if time.time() - self._state.claimed_at >= self._claim_seconds / 2:
+            self._claim_error = StorageUnavailable(
+                f"object store: could not renew the claim on {self._key}"
+            )
+            raise self._claim_error
+
+    def _lose_claim(self, error: StorageError) -> None:
+        """Stop every part in flight before it completes; ``write`` and ``_settle`` raise
+        ``error``."""
+        self._claim_error = error
+        for p in self._inflight:
+            p.task.cancel()
+
+    async def _stop_renewing(self) -> None:
+        task, self._renewer = self._renewer, None
+        if task is None:
+            return
+        async with self._claim_lock:  # not in the middle of a claim write
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def _release(self) -> None:
         """Give up a claim without other changes (a failed or empty write, a failed commit)."""
@@ -506,6 +586,7 @@ class S3Writer(FileWriter):
         except BaseException:
             await self._abandon()  # close itself was cancelled: persist nothing
             raise
+        await self._stop_renewing()
         if self._lost:
             return
         if not self._dirty:
@@ -576,6 +657,7 @@ class S3Writer(FileWriter):
                 await driver.transport.complete_upload(
                     self._bucket_key, self._key, state.upload_id, state.etags
                 )
+                await self._stop_renewing()
             except BaseException:
                 await self._abandon()
                 await self._release()  # the upload is intact: let the next writer finish it
