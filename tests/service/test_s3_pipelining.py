@@ -485,8 +485,9 @@ async def test_a_writer_continuing_anothers_upload_streams_under_its_claim(drive
 async def short_claims(
     server: s3_servers.S3Server, proxy: s3_servers.FaultProxy, no_ca_bundle: None
 ) -> AsyncIterator[Any]:
-    """Claims of 2 s (renewed every third of a second)."""
-    d = await _driver(server, proxy, upload_claim_seconds=2.0)
+    """Claims of 4 s (renewed every 2/3 s; a streamed part stops once the last renewal is 2 s
+    old)."""
+    d = await _driver(server, proxy, upload_claim_seconds=4.0)
     yield d
     await d.close()
 
@@ -501,9 +502,9 @@ async def test_a_claim_is_renewed_while_the_client_pauses(short_claims: Any) -> 
     w.expect(PART)
     await w.write(data[PART + 10 : PART + 10 + MiB])
     first = (await _stored_state(d, key))[0].claimed_at
-    await asyncio.sleep(3.0)  # longer than the claim lasts
+    await asyncio.sleep(5.0)  # longer than the claim lasts
     state, _ = await _stored_state(d, key)
-    assert state.claim == w._token and state.claimed_at > first and state.claim_seconds == 2.0
+    assert state.claim == w._token and state.claimed_at > first and state.claim_seconds == 4.0
     other = await d.writer(key, append=True)
     with pytest.raises(WriterBusy):
         await other.write(data[PART + 10 : 2 * PART + 10])
@@ -528,7 +529,7 @@ async def test_a_dead_writers_claim_expires(short_claims: Any) -> None:
     other.expect(len(data) - PART - 10)
     with pytest.raises(WriterBusy):
         await other.write(data[PART + 10 : 2 * PART + 10])
-    await asyncio.sleep(2.2)
+    await asyncio.sleep(4.2)
     other = await d.writer(key, append=True)
     assert other.size == PART + 10  # nothing of the dead writer's part
     other.expect(len(data) - PART - 10)
@@ -550,7 +551,7 @@ async def test_a_writer_whose_claim_was_taken_stops_its_part(short_claims: Any) 
     state, inline = await _stored_state(d, key)
     state.claim, state.claimed_at = "another", time.time()
     await d.put_full(d.full_key(key) + STATE_SUFFIX, state.to_bytes(inline or b""))
-    await asyncio.sleep(1.0)  # a renewal is due every third of a second
+    await asyncio.sleep(1.5)  # a renewal is due every 2/3 s
     with pytest.raises(WriterBusy):
         await w.write(data[PART + 10 + MiB : PART + 10 + 2 * MiB])
     await w.close()
@@ -578,7 +579,7 @@ async def test_a_claim_that_cannot_be_renewed_stops_the_part(
         return None
 
     proxy.rule = rule
-    await asyncio.sleep(1.2)  # past half the lifetime without a renewal
+    await asyncio.sleep(2.4)  # past half the lifetime without a renewal
     with pytest.raises(StorageUnavailable):
         await _write(w, data[PART + 10 + MiB : 2 * PART + 10])
     proxy.clear()

@@ -264,6 +264,7 @@ class S3Writer(FileWriter):
         self._claim_seconds = driver.claim_seconds
         self._claim_lock = asyncio.Lock()  # one claim write at a time (renewals, the writer)
         self._renewer: asyncio.Task[None] | None = None  # renews the claim while parts upload
+        self._renewing = False  # cleared to stop the renewer
         self._claim_error: StorageError | None = None  # the claim was lost or went stale
         self._stored = (state.to_json(), inline_tail or b"")  # what the state object holds
         self._lost = False  # another writer owns the session: persist nothing more
@@ -292,7 +293,9 @@ class S3Writer(FileWriter):
     async def write(self, data: bytes | bytearray) -> None:
         if not data:
             return
-        if self._claim_error is not None:
+        if self._claim_error is not None:  # its parts were stopped: cut back, then fail
+            self._cut_feed()
+            await self._settle(0)
             raise self._claim_error
         await self._load_tail()
         self._dirty = True
@@ -455,12 +458,12 @@ class S3Writer(FileWriter):
     async def _abandon(self) -> None:
         """Stop every part in flight and forget it (the writer's content is being thrown away,
         or it cannot be persisted)."""
-        await self._stop_renewing()
         self._feed = None
         parts = list(self._inflight)
         self._inflight.clear()
         for p in parts:
             p.task.cancel()
+        await self._stop_renewing()
         if parts:
             await asyncio.wait([p.task for p in parts])
         for p in parts:
@@ -484,6 +487,7 @@ class S3Writer(FileWriter):
                     raise WriterBusy(self._key)
                 await self._write_claim(now)
         if self._renewer is None or self._renewer.done():
+            self._renewing = True
             self._renewer = asyncio.create_task(self._renew())
 
     async def _write_claim(self, now: float) -> None:
@@ -509,11 +513,11 @@ class S3Writer(FileWriter):
         stops the parts: another writer may take the session over."""
         while True:
             await asyncio.sleep(self._claim_seconds / 6)
-            if not any(not p.task.done() for p in self._inflight):
+            if not self._renewing or not any(not p.task.done() for p in self._inflight):
                 return
             try:
                 async with self._claim_lock:
-                    if self._state.claim != self._token or self._lost:
+                    if not self._renewing or self._state.claim != self._token or self._lost:
                         return
                     await self._write_claim(time.time())
             except WriterBusy:
@@ -545,13 +549,15 @@ class S3Writer(FileWriter):
             p.task.cancel()
 
     async def _stop_renewing(self) -> None:
+        """Stop the renewer; a claim write under way finishes first (cut off, whether it
+        landed, and so the state's ETag, would be unknown)."""
         task, self._renewer = self._renewer, None
-        if task is None:
+        self._renewing = False
+        if task is None or task.done():
             return
-        async with self._claim_lock:  # not in the middle of a claim write
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if not self._claim_lock.locked():
+            task.cancel()  # asleep (the writer's own claim writes never overlap this)
+        await asyncio.wait([task])  # our own cancellation still propagates
 
     async def _release(self) -> None:
         """Give up a claim without other changes (a failed or empty write, a failed commit)."""
