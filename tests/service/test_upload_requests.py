@@ -7,6 +7,8 @@
   hashed from the held bytes while small, from a saved state after.
 * A whole blob in the final PUT or a POST ``?digest=``: written straight to its place and
   committed once verified, without the session's data, hash state or a move.
+* Chunks past the small-blob limit: each reads the hash state at its start, saves one at its
+  end and deletes nothing; the completion removes the session with every state.
 """
 
 from __future__ import annotations
@@ -86,6 +88,37 @@ async def test_small_chunks_across_replicas_then_past_the_small_limit(backend: B
         finally:
             for c in replicas:
                 await c.aclose()
+
+
+async def test_chunks_keep_their_hash_states_until_the_session_ends(backend: Backend) -> None:
+    """A chunk saves the hash state at its end and deletes nothing (the state at its start stays,
+    as Distribution's do: a request per chunk saved); the completion removes them all."""
+    data = os.urandom(3 * SMALL_BLOB)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    cuts = [0, SMALL_BLOB + 10, 2 * SMALL_BLOB, len(data)]
+    async with backend.driver() as inner:
+        driver = RecordingDriver(inner)
+        async with await _recorded_app(backend, driver) as c:
+            location = (await c.post("/v2/app/blobs/uploads/")).headers["Location"]
+            upload_id = location.rsplit("/", 1)[1]
+            states = paths.upload_hashstates("app", upload_id, "sha256")
+            for i, (a, b) in enumerate(itertools.pairwise(cuts)):
+                driver.reset()
+                r = await c.patch(
+                    location, content=data[a:b], headers={"Content-Range": f"{a}-{b - 1}"}
+                )
+                assert r.status_code == 202, r.text
+                assert f"{states}/{b}" in driver.written, driver.written
+                if i:
+                    assert f"{states}/{a}" in driver.got, driver.got
+                assert not driver.ops["delete"] and not driver.ops["delete_many"], driver.ops
+            assert sorted(await inner.list(states), key=int) == [str(b) for b in cuts[1:]]
+            r = await c.put(location, params={"digest": digest})
+            assert r.status_code == 201, r.text
+            with pytest.raises(PathNotFound):
+                await inner.list(paths.upload_dir("app", upload_id))
+            r = await c.get(f"/v2/app/blobs/{digest}")
+            assert r.status_code == 200 and r.content == data
 
 
 async def _recorded_app(backend: Backend, driver: RecordingDriver) -> httpx.AsyncClient:

@@ -435,19 +435,16 @@ class Uploads:
     async def _save_state(
         self, name: str, upload_id: str, hasher: Hasher, old_offset: int, new_offset: int
     ) -> None:
+        """Save the hash state at ``new_offset``. Earlier offsets' states stay (as
+        Distribution's do) until the session's directory is removed at completion, cancel or
+        purge: deleting each chunk's predecessor cost a request per chunk, and an offset's
+        state never changes (the bytes before a saved offset are never rewritten)."""
         state = hasher.state()
         if state is None or new_offset == old_offset:
             return
         await self.driver.put(
             paths.upload_hashstate(name, upload_id, hasher.algorithm, new_offset), state
         )
-        # After the put, never alongside it: a delete that empties a directory prunes its entry,
-        # and SeaweedFS can lose the listing of an object created there at that moment.
-        # ``old_offset`` 0: no state was saved before this one.
-        if old_offset:
-            await self.driver.delete(
-                paths.upload_hashstate(name, upload_id, hasher.algorithm, old_offset)
-            )
 
 
 async def _exactly(body: AsyncIterable[bytes], length: int) -> AsyncIterator[bytes]:
