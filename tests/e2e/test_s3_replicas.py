@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -276,14 +277,31 @@ def test_chunked_upload_lands_on_every_replica(
         assert r.status_code == 200 and r.content == data
 
 
+def _claimed(weed: s3_servers.S3Server, bucket: str, upload_id: str) -> bool:
+    """Whether the session's writer state in the bucket holds a claim."""
+    s3 = weed.boto3_client()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith(f"/_uploads/{upload_id}/data.berth-mpu"):
+                body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                return bool(json.loads(body.partition(b"\n")[0]).get("claim"))
+    return False
+
+
 def test_replica_killed_mid_upload(
-    berth_factory: BerthFactory, weed: s3_servers.S3Server, e2e_workdir: Path, repo: str
+    berth_factory: BerthFactory,
+    weed: s3_servers.S3Server,
+    e2e_workdir: Path,
+    repo: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The victim streams its part under a claim (the chunk continues a multipart upload the
     first chunk started): the other replicas refuse that chunk (416) while the claim lasts, and
     take it once the claim expires; nothing the victim sent is kept."""
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)  # the test's own S3 client (http)
     claim = 6.0
-    config = berth_s3_config(weed, s3_servers.new_bucket(weed), upload_claim_seconds=claim)
+    bucket = s3_servers.new_bucket(weed)
+    config = berth_s3_config(weed, bucket, upload_claim_seconds=claim)
     replicas = [berth_factory.start(config=config) for _ in range(3)]
     lb = start_haproxy(e2e_workdir, replicas)
     try:
@@ -298,10 +316,17 @@ def test_replica_killed_mid_upload(
             path = httpx.URL(loc).raw_path.decode()
             victim = replicas[1]
 
-            # Stream the second chunk straight to one replica and kill it half-way.
+            upload_id = path.rsplit("/", 1)[1]
+
+            # Stream the second chunk straight to one replica and kill it half-way, once its
+            # claim is in the bucket (socket buffers may hold what was sent so far unread).
             def body() -> Iterator[bytes]:
                 for i in range(0, len(second), MiB):
                     if i == 6 * MiB:
+                        deadline = time.monotonic() + 20
+                        while not _claimed(weed, bucket, upload_id):
+                            assert time.monotonic() < deadline, "the victim never claimed"
+                            time.sleep(0.05)
                         os.kill(victim.proc.pid, signal.SIGKILL)
                         time.sleep(0.5)
                     yield second[i : i + MiB]
