@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ..events.model import Origin
@@ -146,37 +146,55 @@ class BlobStore:
         if known is None:
             self.forget(digest)
             return None
-        for attempt in range(RESERVE_ATTEMPTS):
-            marked = time.monotonic()
+
+        async def touch() -> int | None:
+            # Content never changes, so only whether ``data`` still exists (in the listing
+            # that shows tombstones) needs reading after the touch.
             await self.driver.put(paths.blob_touch(digest), b"")
-            if self.gc_quiet.covers(read_at, time.monotonic()):
-                # No GC was running when ``known`` was read, nor can one remove it now.
-                return self._reserved_as(digest, known, marked)
-            # Content never changes, so only whether ``data`` still exists (in the same
-            # listing that shows tombstones) needs reading after the touch.
-            names = await self._list_blob_dir(digest)
-            size = known if paths.BLOB_DATA in names else None
-            if not await self._gc_in_progress(digest, names, paths.blob_touch(digest)):
-                return self._reserved_as(digest, size, marked)
-            await _back_off(attempt)
-        raise _being_collected(digest)
+            return known
+
+        # No GC was running when ``known`` was read (read_at), nor can one remove it now.
+        return await self._handshake(digest, paths.blob_touch(digest), touch, since=read_at)
 
     async def _reserve_touching(self, digest: Digest) -> int | None:
         """``reserve`` starting with the touch: the size is read with it (after it, the
         listing for tombstones, unless no GC can be running: gc_quiet.py)."""
-        for attempt in range(RESERVE_ATTEMPTS):
-            marked = time.monotonic()
+
+        async def touch() -> int | None:
             # Read alongside the touch: a GC that could remove the blob meanwhile is one whose
-            # tombstone the listing below shows, or one gc_quiet rules out.
+            # tombstone the listing shows, or one gc_quiet rules out.
             _, size = await asyncio.gather(
                 self.driver.put(paths.blob_touch(digest), b""), self.fresh_size(digest)
             )
-            if self.gc_quiet.covers(marked, time.monotonic()):
+            return size
+
+        return await self._handshake(digest, paths.blob_touch(digest), touch)
+
+    async def _handshake(
+        self,
+        digest: Digest,
+        marked_key: str,
+        mark: Callable[[], Awaitable[int | None]],
+        since: float | None = None,
+        *,
+        rewrite_absent: bool = False,
+    ) -> int | None:
+        """The writer half of the GC handshake: ``mark`` writes ``marked_key`` (and says the
+        blob's size, None: absent), then the blob's directory is listed for tombstones unless
+        gc_quiet rules a GC out (the reservation's first request was sent at ``since``, default
+        the mark's). A live tombstone: back off and mark again. ``data`` missing from the
+        listing means absent; with ``rewrite_absent`` (the mark writes ``data`` itself) it means
+        a GC removed it just now: mark again. The outcome is remembered (``_reserved_as``)."""
+        for attempt in range(RESERVE_ATTEMPTS):
+            marked = time.monotonic()
+            size = await mark()
+            if self.gc_quiet.covers(marked if since is None else since, time.monotonic()):
                 return self._reserved_as(digest, size, marked)
             names = await self._list_blob_dir(digest)
             if paths.BLOB_DATA not in names:
                 size = None
-            if not await self._gc_in_progress(digest, names, paths.blob_touch(digest)):
+            busy = await self._gc_in_progress(digest, names, marked_key)
+            if not busy and (size is not None or not rewrite_absent):
                 return self._reserved_as(digest, size, marked)
             await _back_off(attempt)
         raise _being_collected(digest)
@@ -298,18 +316,13 @@ class BlobStore:
         if self._recently_reserved(digest) is not None:
             return
         key = paths.blob_data(digest)
-        for attempt in range(RESERVE_ATTEMPTS):
-            marked = time.monotonic()
+
+        async def write() -> int | None:
             await self.driver.put(key, data)
-            if self.gc_quiet.covers(marked, time.monotonic()):
-                self._reserved_now(digest, len(data), marked)
-                return
-            names = await self._list_blob_dir(digest)
-            if paths.BLOB_DATA in names and not await self._gc_in_progress(digest, names, key):
-                self._reserved_now(digest, len(data), marked)
-                return
-            await _back_off(attempt)  # a GC unit is removing this digest: write it again after
-        raise _being_collected(digest)
+            return len(data)
+
+        # A GC unit removing this digest meanwhile: written again after it.
+        await self._handshake(digest, key, write, rewrite_absent=True)
 
 
 async def _back_off(attempt: int) -> None:
