@@ -141,7 +141,6 @@ class Uploads:
             # committed). Without one (a failed chunk, no OpenSSL state API) hashing waits for
             # ``complete``.
             hasher = _held_hasher(writer, start)
-            saved = hasher is None and start > 0
             if hasher is None:
                 hasher = await self._saved_hasher(name, upload_id, DEFAULT_ALGORITHM, start)
             expected = content_length
@@ -162,8 +161,9 @@ class Uploads:
             await writer.close()
         except WriterBusy:
             raise await self._busy(name, upload_id) from None
-        if hasher is not None and _held(writer, writer.size) is None:
-            await self._save_state(name, upload_id, hasher, start if saved else 0, writer.size)
+        # Nothing appended: the state at ``start`` is saved already (or needs none).
+        if hasher is not None and writer.size != start and _held(writer, writer.size) is None:
+            await self._save_state(name, upload_id, hasher, writer.size)
         return UploadStatus(upload_id, writer.size)
 
     async def complete(
@@ -432,18 +432,16 @@ class Uploads:
                 await asyncio.to_thread(hasher.update, chunk)
         return hasher
 
-    async def _save_state(
-        self, name: str, upload_id: str, hasher: Hasher, old_offset: int, new_offset: int
-    ) -> None:
-        """Save the hash state at ``new_offset``. Earlier offsets' states stay (as
-        Distribution's do) until the session's directory is removed at completion, cancel or
-        purge: deleting each chunk's predecessor cost a request per chunk, and an offset's
-        state never changes (the bytes before a saved offset are never rewritten)."""
+    async def _save_state(self, name: str, upload_id: str, hasher: Hasher, offset: int) -> None:
+        """Save the hash state at ``offset``. Earlier offsets' states stay (as Distribution's
+        do) until the session's directory is removed at completion, cancel or purge: deleting
+        each chunk's predecessor cost a request per chunk, and an offset's state never changes
+        (the bytes before a saved offset are never rewritten)."""
         state = hasher.state()
-        if state is None or new_offset == old_offset:
+        if state is None:
             return
         await self.driver.put(
-            paths.upload_hashstate(name, upload_id, hasher.algorithm, new_offset), state
+            paths.upload_hashstate(name, upload_id, hasher.algorithm, offset), state
         )
 
 
