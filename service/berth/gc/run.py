@@ -92,7 +92,6 @@ async def collect_garbage(
         await lease.keep(LEASE_MIN_LEFT_SECONDS)
 
     sweeper: Sweeper | None = None
-    failed = False
     try:
         # The store's clock, not ours: mtimes are compared against it.
         if options.dry_run:
@@ -190,17 +189,17 @@ async def collect_garbage(
                 report.would_remove["upload"] = purge.purged
         progress.done()
     except BaseException:
-        failed = True
-        raise
-    finally:
         if options.dry_run:
-            pass
-        elif failed and sweeper is not None and sweeper.tombstoned:
+            raise
+        if sweeper is not None and sweeper.tombstoned:
             # Deletes of this run may still be in flight: writers keep listing for tombstones
             # until they would count its last tombstone as stale anyway.
             await lease.linger(TOMBSTONE_STALE_SECONDS)
         else:
             await lease.release()
+        raise
+    if not options.dry_run:
+        await lease.release()
     report.objects_removed = (
         report.blobs_deleted
         + report.empty_blob_dirs_deleted
