@@ -442,12 +442,17 @@ async def test_the_lean_client_uploads_without_botocore(driver: Any) -> None:
 # -- claims: adding parts to a multipart upload another writer started ---------------------------
 
 
-async def _started(d: Any, key: str, data: bytes) -> None:
-    """An earlier request started the multipart upload: one whole part and 10 bytes."""
+async def _continuing(d: Any, key: str, data: bytes, expect: int = PART) -> Any:
+    """An earlier request started the multipart upload (one whole part and 10 bytes); a writer
+    continuing it, told ``expect`` bytes are coming, has streamed the first MiB of part 2."""
     w = await d.writer(key, append=True)
     w.expect(PART + 10)
     await _write(w, data[: PART + 10])
     await w.close()
+    w = await d.writer(key, append=True)
+    w.expect(expect)
+    await w.write(data[PART + 10 : PART + 10 + MiB])
+    return w
 
 
 async def _stored_state(d: Any, key: str) -> tuple[WriterState, bytes | None]:
@@ -459,11 +464,8 @@ async def test_a_writer_continuing_anothers_upload_streams_under_its_claim(drive
     another writer on the session is refused while it streams, then continues after it."""
     key = "r/_uploads/cont/data"
     data = os.urandom(3 * PART)
-    await _started(driver, key, data)
-    w = await driver.writer(key, append=True)
+    w = await _continuing(driver, key, data, expect=2 * PART - 10)
     assert w._state.upload_id is not None  # started by the first writer
-    w.expect(2 * PART - 10)
-    await w.write(data[PART + 10 : PART + 10 + MiB])
     assert w._feed is not None  # streaming, not gathering
     assert (await _stored_state(driver, key))[0].claim == w._token
     other = await driver.writer(key, append=True)
@@ -497,10 +499,7 @@ async def test_a_claim_is_renewed_while_the_client_pauses(short_claims: Any) -> 
     claim is renewed in the background while the part uploads."""
     d, key = short_claims, "r/_uploads/pause/data"
     data = os.urandom(2 * PART + 10)
-    await _started(d, key, data)
-    w = await d.writer(key, append=True)
-    w.expect(PART)
-    await w.write(data[PART + 10 : PART + 10 + MiB])
+    w = await _continuing(d, key, data)
     first = (await _stored_state(d, key))[0].claimed_at
     await asyncio.sleep(5.0)  # longer than the claim lasts
     state, _ = await _stored_state(d, key)
@@ -518,10 +517,7 @@ async def test_a_dead_writers_claim_expires(short_claims: Any) -> None:
     keeps the session busy for the claim's lifetime, then another writer finishes it."""
     d, key = short_claims, "r/_uploads/dead/data"
     data = os.urandom(3 * PART)
-    await _started(d, key, data)
-    w = await d.writer(key, append=True)
-    w.expect(PART)
-    await w.write(data[PART + 10 : PART + 10 + MiB])
+    w = await _continuing(d, key, data)
     assert w._renewer is not None and w._feed is not None and w._feed.task is not None
     w._renewer.cancel()  # killed: no renewal, no part, no close
     w._feed.task.cancel()
@@ -544,10 +540,7 @@ async def test_a_writer_whose_claim_was_taken_stops_its_part(short_claims: Any) 
     of its lands over the other's) and its ``write`` and ``close`` change nothing more."""
     d, key = short_claims, "r/_uploads/taken/data"
     data = os.urandom(2 * PART + 10)
-    await _started(d, key, data)
-    w = await d.writer(key, append=True)
-    w.expect(PART)
-    await w.write(data[PART + 10 : PART + 10 + MiB])
+    w = await _continuing(d, key, data)
     state, inline = await _stored_state(d, key)
     state.claim, state.claimed_at = "another", time.time()
     await d.put_full(d.full_key(key) + STATE_SUFFIX, state.to_bytes(inline or b""))
@@ -568,10 +561,7 @@ async def test_a_claim_that_cannot_be_renewed_stops_the_part(
     the write fails; the session resumes where that part began."""
     d, key = short_claims, "r/_uploads/stale/data"
     data = os.urandom(2 * PART + 10)
-    await _started(d, key, data)
-    w = await d.writer(key, append=True)
-    w.expect(PART)
-    await w.write(data[PART + 10 : PART + 10 + MiB])
+    w = await _continuing(d, key, data)
 
     def rule(method: str, target: str) -> Any:
         if method == "PUT" and STATE_SUFFIX in target:
