@@ -2,10 +2,12 @@
 
 A write that relies on a blob skips listing its directory for GC tombstones while the replica's
 last look at the GC lease, sent within the window, found none; a GC run waits that window after
-taking its lease before its first tombstone (registry/gc_quiet.py, docs/gc.md). These tests
-check that the listing really goes away, that a lease means listing again, that the GC waits,
-and that a GC which knows the window keeps what a quiet writer relies on while one that does not
-(the control) loses it: so the wait is what makes the shortcut safe.
+taking its lease before its first tombstone (registry/gc_quiet.py, docs/gc.md). Then, too, what
+follows the reservation (a mount's link write, a manifest PUT's link read) is sent alongside its
+mark. These tests check that the listing really goes away and the link goes alongside, that a
+lease means listing again, that the GC waits, and that a GC which knows the window keeps what a
+quiet writer (an upload, a mount) relies on while one that does not (the control) loses it: so
+the wait is what makes the shortcut safe.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from berth.app import create_app
 from berth.config import Settings
 from berth.gc.run import GCOptions, collect_garbage
 from berth.gc.verify import find_problems
+from berth.registry.digest import Digest
 from berth.registry.gc_quiet import GC_LEASE, GCQuiet, lease_active
 from berth.storage import paths
 from berth.storage.driver import PathNotFound, StorageDriver
@@ -46,12 +49,45 @@ def _settings(backend: Backend, window: float) -> Settings:
     return base.model_copy(update={"cache": cache})
 
 
+class HeldTouchDriver(RecordingDriver):
+    """Holds each write of a blob's ``touch`` until a request for the repository link in
+    ``links`` (by the touched digest) starts, or 0.5 s pass: ``overlapped`` says, per touch,
+    whether the link request was sent alongside it."""
+
+    def __init__(self, inner: StorageDriver) -> None:
+        super().__init__(inner)
+        self.links: dict[str, str] = {}  # touch key -> link key
+        self.started: dict[str, asyncio.Event] = {}
+        self.overlapped: list[bool] = []
+
+    def watch(self, digest: Digest, link: str) -> None:
+        self.links[paths.blob_touch(digest)] = link
+        self.started[link] = asyncio.Event()
+
+    def _starting(self, key: str) -> None:
+        if key in self.started:
+            self.started[key].set()
+
+    async def put(self, key: str, data: bytes) -> None:
+        self._starting(key)
+        if key in self.links:
+            link = self.started[self.links[key]]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(link.wait(), 0.5)
+            self.overlapped.append(link.is_set())
+        await super().put(key, data)
+
+    async def stat(self, key: str) -> Any:
+        self._starting(key)
+        return await super().stat(key)
+
+
 @contextlib.asynccontextmanager
 async def _replica(
-    backend: Backend, window: float = WINDOW
-) -> AsyncIterator[tuple[httpx.AsyncClient, RecordingDriver, GCQuiet]]:
+    backend: Backend, window: float = WINDOW, driver_type: type[RecordingDriver] = RecordingDriver
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any, GCQuiet]]:
     async with backend.driver() as inner:
-        driver = RecordingDriver(inner)
+        driver = driver_type(inner)
         app = create_app(_settings(backend, window), driver=driver)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://r") as c:
@@ -103,6 +139,17 @@ async def _present_in(backend: Backend, repo: str, blob: str) -> bool:
         return (await fresh.head(f"/v2/{repo}/blobs/{blob}")).status_code == 200
 
 
+async def _rely(c: httpx.AsyncClient, writer: str, layer: bytes) -> str:
+    """Make repository ``other`` rely on existing content ``layer`` (linked in ``app``): an
+    upload of it, or a mount from ``app``. Returns its digest."""
+    if writer == "upload":
+        return await push_blob(c, "other", layer)
+    blob = str(Digest.of(layer))
+    r = await c.post("/v2/other/blobs/uploads/", params={"mount": blob, "from": "app"})
+    assert r.status_code == 201, r.text
+    return blob
+
+
 async def test_after_a_quiet_look_writes_list_no_blob_directory(backend: Backend) -> None:
     async with _replica(backend) as (c, driver, quiet):
         _digest, body = await push_image(c, "app", "v1", seed=b"quiet")
@@ -121,6 +168,72 @@ async def test_after_a_quiet_look_writes_list_no_blob_directory(backend: Backend
         assert _blob_dirs_listed(driver) == []
         assert quiet.skipped >= 5  # three referenced blobs, the manifest, the blob, again
         assert paths.lease(GC_LEASE) not in driver.got  # no look needed: the last is fresh
+
+
+@pytest.mark.parametrize("quiet_gc", [True, False], ids=["after a quiet look", "gc running"])
+async def test_a_mount_sends_its_link_alongside_its_touch(backend: Backend, quiet_gc: bool) -> None:
+    """After a quiet look the mount's link write goes with its touch (one round trip); while a
+    GC holds its lease it follows the touch and the listing, as the handshake requires."""
+    async with (
+        _replica(backend, driver_type=HeldTouchDriver) as (c, driver, quiet),
+        backend.driver() as store,
+    ):
+        blob = await push_blob(c, "app", b"mounted alongside")
+        if not quiet_gc:
+            record = {"holder": "gc", "expires": time.time() + 600}
+            await store.put(paths.lease(GC_LEASE), json.dumps(record).encode())
+        await quiet.look()
+        driver.watch(Digest.parse(blob), paths.layer_link("other", Digest.parse(blob)))
+        driver.reset()
+        r = await c.post("/v2/other/blobs/uploads/", params={"mount": blob, "from": "app"})
+        assert r.status_code == 201, r.text
+        assert driver.overlapped == [quiet_gc]
+        assert len(_blob_dirs_listed(driver)) == (0 if quiet_gc else 1)
+        assert await _present_in(backend, "other", blob)
+
+
+async def test_a_manifest_put_reads_its_links_alongside_the_touches(backend: Backend) -> None:
+    """Each referenced blob's layer link is read with its touch, on a replica that saw the
+    blobs (touch and size read together) and on one that did not (size read first)."""
+    async with _replica(backend) as (a, _d, _q):
+        _digest, body = await push_image(a, "app", "v1", seed=b"links alongside", layers=1)
+    refs = [Digest.parse(d["digest"]) for d in [json.loads(body)["config"]]]
+    refs += [Digest.parse(d["digest"]) for d in json.loads(body)["layers"]]
+    m = json.loads(body)
+    for note in ("seen", "unseen"):
+        async with _replica(backend, driver_type=HeldTouchDriver) as (c, driver, quiet):
+            if note == "seen":
+                for ref in refs:
+                    assert (await c.head(f"/v2/app/blobs/{ref}")).status_code == 200
+            await quiet.look()
+            for ref in refs:
+                driver.watch(ref, paths.layer_link("app", ref))
+            m["annotations"] = {"note": note}
+            r = await c.put(
+                f"/v2/app/manifests/{note}",
+                content=json.dumps(m).encode(),
+                headers={"Content-Type": OCI_MANIFEST},
+            )
+            assert r.status_code == 201, r.text
+            assert driver.overlapped == [True, True], note
+            assert _blob_dirs_listed(driver) == []
+
+
+async def test_a_mount_of_a_blob_gone_meanwhile_leaves_no_link(backend: Backend) -> None:
+    """The link sent alongside the touch of a blob that turns out to be gone (seen present
+    lately, removed since) is taken back: the mount falls back to an upload session."""
+    async with _replica(backend) as (c, driver, quiet), backend.driver() as store:
+        blob = await push_blob(c, "app", b"gone behind its back")
+        digest = Digest.parse(blob)
+        await store.delete_tree(paths.blob_dir(digest))
+        await quiet.look()
+        driver.reset()
+        r = await c.post("/v2/other/blobs/uploads/", params={"mount": blob, "from": "app"})
+        assert r.status_code == 202, r.text
+        assert paths.layer_link("other", digest) in driver.written  # sent alongside
+        with pytest.raises(PathNotFound):
+            await store.stat(paths.layer_link("other", digest))
+        assert (await c.head(f"/v2/other/blobs/{blob}")).status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -186,8 +299,9 @@ async def test_gc_waits_the_window_after_its_lease(backend: Backend) -> None:
             await store.get(paths.lease(GC_LEASE))
 
 
+@pytest.mark.parametrize("writer", ["upload", "mount"])
 async def test_gc_that_knows_the_window_keeps_what_a_quiet_writer_relies_on(
-    backend: Backend,
+    backend: Backend, writer: str
 ) -> None:
     """A replica looked (no GC), then a GC takes its lease and a writer relies on a garbage
     blob without listing: the GC waits out the window, so its re-check sees the writer's mark."""
@@ -200,7 +314,7 @@ async def test_gc_that_knows_the_window_keeps_what_a_quiet_writer_relies_on(
         await asyncio.sleep(0.3)  # the GC holds its lease and is waiting
         assert await store.get(paths.lease(GC_LEASE))
         driver.reset()
-        blob = await push_blob(c, "other", layer)  # existing content: reserved, not uploaded
+        blob = await _rely(c, writer, layer)  # existing content: reserved, not uploaded
         assert _blob_dirs_listed(driver) == [], "the writer listed: the test shows nothing"
         report = await run
         assert report.ok, report.errors
@@ -208,8 +322,9 @@ async def test_gc_that_knows_the_window_keeps_what_a_quiet_writer_relies_on(
         assert await find_problems(store) == []
 
 
+@pytest.mark.parametrize("writer", ["upload", "mount"])
 async def test_control_gc_unaware_of_the_window_loses_a_quiet_writers_blob(
-    backend: Backend,
+    backend: Backend, writer: str
 ) -> None:
     """The same, with a GC told nothing of the window: it writes its tombstone and re-checks
     at once, the writer (trusting its look) does not list and is answered 201, then the GC
@@ -222,7 +337,7 @@ async def test_control_gc_unaware_of_the_window_loses_a_quiet_writers_blob(
         run = asyncio.ensure_future(gc(gcd, grace_period=0, lease_staleness=0.0))
         await asyncio.wait_for(gcd.reached.wait(), 30)  # past its tombstones and re-check
         driver.reset()
-        blob = await push_blob(c, "other", layer)
+        blob = await _rely(c, writer, layer)
         assert _blob_dirs_listed(driver) == []
         gcd.gate.set()
         report = await run

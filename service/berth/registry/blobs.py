@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ..events.model import Origin
 from ..storage import paths
@@ -25,6 +25,27 @@ if TYPE_CHECKING:
 TOMBSTONE_DEADLINE_SECONDS = 30.0
 TOMBSTONE_STALE_SECONDS = 120.0
 RESERVE_ATTEMPTS = 10
+
+T = TypeVar("T")
+
+
+class Alongside(Generic[T]):
+    """A step a write takes right after reserving a blob (reading or writing the repository's
+    link), sent alongside the reservation's mark when gc_quiet already knows that no GC can
+    remove anything before both complete: one round trip for both (docs/gc.md). ``counts``:
+    it did, and its result stands as if it had run after the reservation; otherwise the
+    caller runs it after, as usual (``started``: it ran all the same, a write the caller may
+    have to take back)."""
+
+    def __init__(self, step: Callable[[], Awaitable[T]]) -> None:
+        self._step = step
+        self.started = False
+        self.counts = False
+        self.result: T | None = None
+
+    async def run(self) -> None:
+        self.started = True
+        self.result = await self._step()
 
 
 class BlobStore:
@@ -115,7 +136,13 @@ class BlobStore:
             self._reserved_now(digest, size, marked)
         return size
 
-    async def reserve(self, digest: Digest, *, touch_absent: bool = False) -> int | None:
+    async def reserve(
+        self,
+        digest: Digest,
+        *,
+        touch_absent: bool = False,
+        alongside: Alongside[object] | None = None,
+    ) -> int | None:
         """Size of the blob, read fresh (never the size cache), guaranteed to survive a
         concurrent GC; or that of a reservation this process made within
         ``cache.reservation_reuse_seconds``, which GC cut-offs allow for.
@@ -131,6 +158,9 @@ class BlobStore:
         removed it since, and its ``touch`` stays for the next GC run): a request naming
         digests never seen (a manifest, a mount) must leave no ``touch`` behind, or every
         failed request could create directories.
+
+        ``alongside``: the step that follows, sent with the mark when it safely can (never for
+        a digest not known present, nor when a recent reservation is reused).
         """
         recent = self._recently_reserved(digest)
         if recent is not None:
@@ -140,7 +170,7 @@ class BlobStore:
             # earlier push): touch at once, reading the size alongside. If a GC removed a blob
             # seen lately, a ``touch`` stays behind (as after an interrupted write) for the
             # next GC run to remove; a digest never seen still gets nothing written.
-            return await self._reserve_touching(digest)
+            return await self._reserve_touching(digest, alongside)
         read_at = time.monotonic()
         known = await self.fresh_size(digest)
         if known is None:
@@ -154,9 +184,13 @@ class BlobStore:
             return known
 
         # No GC was running when ``known`` was read (read_at), nor can one remove it now.
-        return await self._handshake(digest, paths.blob_touch(digest), touch, since=read_at)
+        return await self._handshake(
+            digest, paths.blob_touch(digest), touch, since=read_at, alongside=alongside
+        )
 
-    async def _reserve_touching(self, digest: Digest) -> int | None:
+    async def _reserve_touching(
+        self, digest: Digest, alongside: Alongside[object] | None = None
+    ) -> int | None:
         """``reserve`` starting with the touch: the size is read with it (after it, the
         listing for tombstones, unless no GC can be running: gc_quiet.py)."""
 
@@ -168,7 +202,37 @@ class BlobStore:
             )
             return size
 
-        return await self._handshake(digest, paths.blob_touch(digest), touch)
+        return await self._handshake(digest, paths.blob_touch(digest), touch, alongside=alongside)
+
+    async def reserve_and_link(self, name: str, digest: Digest) -> int | None:
+        """``reserve(digest)``, then link the blob into ``name`` (a mount). None, and no link
+        left, when the blob is absent."""
+        linking: Alongside[object] = Alongside(lambda: self.link(name, digest))
+        size = await self.reserve(digest, alongside=linking)
+        if size is None:
+            if linking.started:  # the blob is gone: the link sent alongside points at nothing
+                key = paths.layer_link(name, digest)
+                self.links.forget(key)
+                with contextlib.suppress(PathNotFound):
+                    await self.driver.delete(key)
+            return None
+        if not linking.counts:
+            await self.link(name, digest)  # after the reservation, as the handshake requires
+        return size
+
+    async def reserve_linked(self, name: str, digest: Digest) -> tuple[int | None, bool]:
+        """``reserve(digest)``, then whether ``name`` may serve the blob
+        (``is_linked_after_reserve``), as a manifest PUT checks what it references; the layer
+        link is read alongside the reservation's mark when it safely can."""
+        reading: Alongside[object] = Alongside(
+            lambda: self.has_link(paths.layer_link(name, digest), fresh=True)
+        )
+        size = await self.reserve(digest, alongside=reading)
+        if size is None:
+            return None, False
+        if reading.counts and reading.result:
+            return size, True
+        return size, await self.is_linked_after_reserve(name, digest)
 
     async def _handshake(
         self,
@@ -178,17 +242,30 @@ class BlobStore:
         since: float | None = None,
         *,
         rewrite_absent: bool = False,
+        alongside: Alongside[object] | None = None,
     ) -> int | None:
         """The writer half of the GC handshake: ``mark`` writes ``marked_key`` (and says the
         blob's size, None: absent), then the blob's directory is listed for tombstones unless
         gc_quiet rules a GC out (the reservation's first request was sent at ``since``, default
         the mark's). A live tombstone: back off and mark again. ``data`` missing from the
         listing means absent; with ``rewrite_absent`` (the mark writes ``data`` itself) it means
-        a GC removed it just now: mark again. The outcome is remembered (``_reserved_as``)."""
+        a GC removed it just now: mark again. The outcome is remembered (``_reserved_as``).
+
+        ``alongside`` is sent with the first mark when gc_quiet predicts the listing will not be
+        needed, and counts if it is not: no GC removes anything between the reservation's first
+        request and the completion of both (gc_quiet.py), so what it read or wrote is as good
+        as after the mark."""
         for attempt in range(RESERVE_ATTEMPTS):
             marked = time.monotonic()
-            size = await mark()
-            if self.gc_quiet.covers(marked if since is None else since, time.monotonic()):
+            first = marked if since is None else since
+            together = alongside if attempt == 0 and self.gc_quiet.predicts(first) else None
+            if together is not None:
+                size = await _with(mark(), together.run())
+            else:
+                size = await mark()
+            if self.gc_quiet.covers(first, time.monotonic()):
+                if together is not None:
+                    together.counts = True
                 return self._reserved_as(digest, size, marked)
             names = await self._list_blob_dir(digest)
             if paths.BLOB_DATA not in names:
@@ -323,6 +400,17 @@ class BlobStore:
 
         # A GC unit removing this digest meanwhile: written again after it.
         await self._handshake(digest, key, write, rewrite_absent=True)
+
+
+async def _with(first: Awaitable[T], second: Awaitable[None]) -> T:
+    """``first``'s result, ``second`` awaited alongside; both run to the end (no request left
+    running unseen), then the first failure is raised."""
+    result, other = await asyncio.gather(first, second, return_exceptions=True)
+    if isinstance(result, BaseException):
+        raise result
+    if isinstance(other, BaseException):
+        raise other
+    return result
 
 
 async def _back_off(attempt: int) -> None:

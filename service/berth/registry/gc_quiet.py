@@ -75,6 +75,19 @@ class GCQuiet:
         self.skipped += 1
         return True
 
+    def predicts(self, since: float) -> bool:
+        """Whether ``covers`` will very likely hold for a reservation whose first request is
+        sent now, at ``since``: a writer may then send what must follow its mark (a link read
+        or write) alongside it, since no GC can remove anything before both complete. Only
+        ``covers``, checked once they have, decides."""
+        sent = self._quiet_sent
+        return (
+            self.window > 0
+            and sent is not None
+            and self._quiet_done <= since
+            and since - sent < self.window / 2
+        )
+
     def _refresh(self) -> None:
         self._looks.start("lease", self.look)  # not awaited: the writer lists meanwhile
 

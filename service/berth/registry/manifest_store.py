@@ -157,13 +157,11 @@ class ManifestStore:
         # absent from the repository is skipped; what is present is reserved and checked all
         # the same.
         async def check_blob(desc: Descriptor) -> str | None:
-            # The link is checked after the reservation, never alongside it: a GC unit that
-            # ends between a link read and our touch (so we see no tombstone) may have removed
-            # the link, and only a check after the touch is certain to see that.
-            size = await self.blobs.reserve(desc.digest)
-            linked = size is not None and await self.blobs.is_linked_after_reserve(
-                name, desc.digest
-            )
+            # The link is checked after the reservation: a GC unit that ends between a link
+            # read and our touch (so we see no tombstone) may have removed the link, and only
+            # a check after the touch is certain to see that. Alongside only while gc_quiet
+            # rules any such unit out (reserve_linked).
+            size, linked = await self.blobs.reserve_linked(name, desc.digest)
             if size is None or not linked:
                 return None if self.allow_sparse else f"blob unknown: {desc.digest}"
             if size != desc.size:

@@ -107,11 +107,10 @@ class Registry:
             # relies on, the blob itself, is reserved below.
             if not await self.blobs.is_linked(source, digest):
                 return False
-        # reserve(), not the cached exists(): fresh, and safe against a concurrent GC.
-        size = await self.blobs.reserve(digest)
+        # Reserved (not the cached exists()): fresh, and safe against a concurrent GC.
+        size = await self.blobs.reserve_and_link(name, digest)
         if size is None:
             return False
-        await self.blobs.link(name, digest)
         if self.events is not None:
             await self.events.blob("mount", name, digest, size, origin, source)
         return True
