@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from ..aio import with_alongside
 from ..events.model import Origin
 from ..storage import paths
 from ..storage.driver import PathNotFound, StorageDriver, StorageUnavailable
@@ -260,7 +261,7 @@ class BlobStore:
             first = marked if since is None else since
             together = alongside if attempt == 0 and self.gc_quiet.predicts(first) else None
             if together is not None:
-                size = await _with(mark(), together.run())
+                size = await with_alongside(mark(), together.run())
             else:
                 size = await mark()
             if self.gc_quiet.covers(first, time.monotonic()):
@@ -400,17 +401,6 @@ class BlobStore:
 
         # A GC unit removing this digest meanwhile: written again after it.
         await self._handshake(digest, key, write, rewrite_absent=True)
-
-
-async def _with(first: Awaitable[T], second: Awaitable[None]) -> T:
-    """``first``'s result, ``second`` awaited alongside; both run to the end (no request left
-    running unseen), then the first failure is raised."""
-    result, other = await asyncio.gather(first, second, return_exceptions=True)
-    if isinstance(result, BaseException):
-        raise result
-    if isinstance(other, BaseException):
-        raise other
-    return result
 
 
 async def _back_off(attempt: int) -> None:
