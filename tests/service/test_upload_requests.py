@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import os
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +25,7 @@ from berth.app import create_app
 from berth.registry.digest import Digest
 from berth.registry.uploads import SMALL_BLOB
 from berth.storage import paths
-from berth.storage.driver import PathNotFound, StorageUnavailable
+from berth.storage.driver import PathNotFound
 
 from .conftest import PART, Backend
 from .gc_fixtures import RecordingDriver
@@ -120,65 +119,6 @@ async def test_chunks_keep_their_hash_states_until_the_session_ends(backend: Bac
                 await inner.list(paths.upload_dir("app", upload_id))
             r = await c.get(f"/v2/app/blobs/{digest}")
             assert r.status_code == 200 and r.content == data
-
-
-class _CloseFails:
-    """A writer whose ``close`` persists, then fails (as when the last part's failure surfaces
-    only there); the rest is the real writer's."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def close(self) -> None:
-        await self._inner.close()
-        raise StorageUnavailable("the last part failed")
-
-
-class _FailingClose(RecordingDriver):
-    """Data writers opened while ``failing`` fail their ``close``."""
-
-    failing = False
-
-    async def writer(self, key: str, append: bool = False) -> Any:
-        inner = await super().writer(key, append)
-        return _CloseFails(inner) if self.failing else inner
-
-
-async def test_a_chunk_whose_close_fails_leaves_no_hash_state_at_its_end(
-    backend: Backend,
-) -> None:
-    """The hash state at a chunk's end is saved while the writer closes; if the close fails,
-    that state goes (other bytes may reach that offset later), and the upload still completes
-    (the completion hashes what it cannot restore)."""
-    data = os.urandom(3 * SMALL_BLOB)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    cut, end = SMALL_BLOB + 10, 2 * SMALL_BLOB
-    async with backend.driver() as inner:
-        driver = _FailingClose(inner)
-        async with await _recorded_app(backend, driver) as c:
-            location = (await c.post("/v2/app/blobs/uploads/")).headers["Location"]
-            upload_id = location.rsplit("/", 1)[1]
-            states = paths.upload_hashstates("app", upload_id, "sha256")
-            r = await c.patch(
-                location, content=data[:cut], headers={"Content-Range": f"0-{cut - 1}"}
-            )
-            assert r.status_code == 202, r.text
-            driver.failing, driver.written[:] = True, []
-            r = await c.patch(
-                location, content=data[cut:end], headers={"Content-Range": f"{cut}-{end - 1}"}
-            )
-            assert r.status_code >= 500, r.text
-            driver.failing = False
-            assert f"{states}/{end}" in driver.written  # saved alongside the close, then gone
-            assert await inner.list(states) == [str(cut)]
-            status = await c.get(location)
-            assert status.headers["Range"] == f"0-{end - 1}"  # what the close persisted
-            r = await c.put(location, params={"digest": digest}, content=data[end:])
-            assert r.status_code == 201, r.text
-            assert (await c.get(f"/v2/app/blobs/{digest}")).content == data
 
 
 async def _recorded_app(backend: Backend, driver: RecordingDriver) -> httpx.AsyncClient:

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ..aio import with_alongside
 from ..events.model import Origin
 from ..storage import paths
 from ..storage.driver import FileWriter, PathNotFound, StorageDriver, WriterBusy
@@ -158,25 +157,13 @@ class Uploads:
             if isinstance(exc, WriterBusy):  # a store that detects the conflict mid-write
                 raise await self._busy(name, upload_id) from None
             raise
-        end = writer.size
-        # Nothing appended: the state at ``start`` is saved already (or needs none). Else the
-        # state at ``end`` is saved while the writer closes (its last part may be uploading
-        # still); if the close fails, the content is cut back and the state goes again: other
-        # bytes may reach that offset later.
-        saved = hasher if end != start and _held(writer, end) is None else None
         try:
-            await with_alongside(
-                writer.close(),
-                self._save_state(name, upload_id, saved, end) if saved is not None else _done(),
-            )
-        except BaseException as exc:
-            if saved is not None:
-                key = paths.upload_hashstate(name, upload_id, saved.algorithm, end)
-                with contextlib.suppress(Exception):
-                    await self.driver.delete(key, prune=False)
-            if isinstance(exc, WriterBusy):
-                raise await self._busy(name, upload_id) from None
-            raise
+            await writer.close()
+        except WriterBusy:
+            raise await self._busy(name, upload_id) from None
+        # Nothing appended: the state at ``start`` is saved already (or needs none).
+        if hasher is not None and writer.size != start and _held(writer, writer.size) is None:
+            await self._save_state(name, upload_id, hasher, writer.size)
         return UploadStatus(upload_id, writer.size)
 
     async def complete(
@@ -456,10 +443,6 @@ class Uploads:
         await self.driver.put(
             paths.upload_hashstate(name, upload_id, hasher.algorithm, offset), state
         )
-
-
-async def _done() -> None:
-    """Nothing to do, as an awaitable."""
 
 
 async def _exactly(body: AsyncIterable[bytes], length: int) -> AsyncIterator[bytes]:
