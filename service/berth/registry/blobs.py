@@ -207,7 +207,9 @@ class BlobStore:
 
     async def reserve_and_link(self, name: str, digest: Digest) -> int | None:
         """``reserve(digest)``, then link the blob into ``name`` (a mount). None, and no link
-        left, when the blob is absent."""
+        left, when the blob is absent. A reservation that fails leaves a link sent alongside
+        in place: it names a blob seen present (the repository may have linked it before), and
+        GC removes a layer link together with its blob if nothing keeps that."""
         linking: Alongside[object] = Alongside(lambda: self.link(name, digest))
         size = await self.reserve(digest, alongside=linking)
         if size is None:
