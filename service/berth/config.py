@@ -176,7 +176,9 @@ class CacheSettings(_Section):
     blob_descriptors: int = Field(
         100_000,
         ge=0,
-        description="In-process cache of blob sizes, in entries (also bounds the link cache).",
+        description="In-process cache of blob sizes, in entries (also bounds the link cache; "
+        "with several workers, the table of links and sizes they share has this many slots, "
+        "rounded up to a power of two, 40 bytes each, in /dev/shm).",
     )
     link_staleness_seconds: float = Field(
         5.0,

@@ -178,3 +178,30 @@ def test_delete_is_seen_at_once_by_every_worker(tmp_path: Path, berth_factory, r
             assert answers == [404] * 12, (round_no, answers)
     finally:
         server.stop()
+
+
+def test_workers_share_the_links_they_saw(tmp_path: Path, berth_factory, repo: str):
+    """The workers of one server share their link cache: after a push through one of them,
+    with the link then removed behind the server's back, every worker still answers from
+    memory within the bound (a worker that had not seen the push would read storage: 404)."""
+    if target_kind() != "berth":
+        pytest.skip("berth's own configuration file")
+    server = berth_factory.start(
+        config={"http": {"workers": 2}, "cache": {"link_staleness_seconds": 600}}
+    )
+    try:
+        data = os.urandom(1000)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        with server.client() as c:
+            r = c.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, content=data)
+            assert r.status_code == 201, r.text
+        (link,) = server.root.rglob(f"_layers/sha256/{digest.split(':')[1]}/link")
+        link.unlink()  # behind the server's back: no worker knows
+        answers = []
+        for _ in range(12):  # new connections: the kernel spreads them over both workers
+            with server.client() as c:
+                r = c.head(f"/v2/{repo}/blobs/{digest}")
+                answers.append((r.status_code, r.headers.get("Content-Length")))
+        assert answers == [(200, "1000")] * 12, answers
+    finally:
+        server.stop()

@@ -97,12 +97,19 @@ class BlobStore:
         cached = self._sizes.get(digest)
         if cached is not None:
             return cached
+        sent = time.monotonic()
         try:
             info = await self.driver.stat(paths.blob_data(digest))
         except PathNotFound:
             raise BlobUnknown(f"blob unknown: {digest}") from None
-        self._sizes.put(digest, info.size)
+        self._seen_size(digest, info.size, sent)
         return info.size
+
+    def _seen_size(self, digest: Digest, size: int, sent: float) -> None:
+        """The blob is there with ``size``, as a request sent at ``sent`` saw: remembered in
+        this process, and for the other workers (within the link bound) with the data's key."""
+        self._sizes.put(digest, size)
+        self.links.remember(paths.blob_data(digest), sent, size)
 
     async def exists(self, digest: Digest) -> bool:
         try:
@@ -114,6 +121,7 @@ class BlobStore:
     def forget(self, digest: Digest) -> None:
         self._sizes.discard(digest)
         self._reserved.discard(digest)
+        self.links.discard(paths.blob_data(digest))
 
     def _recently_reserved(self, digest: Digest) -> int | None:
         """Size of a blob this process reserved within the reuse window, else None."""
@@ -125,7 +133,7 @@ class BlobStore:
         return self._sizes.get(digest)
 
     def _reserved_now(self, digest: Digest, size: int, marked: float) -> None:
-        self._sizes.put(digest, size)
+        self._seen_size(digest, size, marked)
         self._reserved.put(digest, marked)
 
     def _reserved_as(self, digest: Digest, size: int | None, marked: float) -> int | None:
@@ -212,9 +220,9 @@ class BlobStore:
         GC removes a layer link together with its blob if nothing keeps that."""
         linking: Alongside[object] = Alongside(lambda: self.link(name, digest))
         size = await self.reserve(digest, alongside=linking)
+        key = paths.layer_link(name, digest)
         if size is None:
             if linking.started:  # the blob is gone: the link sent alongside points at nothing
-                key = paths.layer_link(name, digest)
                 self.links.forget(key)
                 with contextlib.suppress(PathNotFound):
                     await self.driver.delete(key)
@@ -337,9 +345,15 @@ class BlobStore:
 
     async def size_in(self, name: str, digest: Digest) -> int:
         """Size of a blob the repository links to; BLOB_UNKNOWN otherwise."""
+        layer = paths.layer_link(name, digest)
         cached = self._sizes.get(digest)
-        if cached is not None and self.links.fresh(paths.layer_link(name, digest)):
+        if cached is not None and self.links.fresh(layer):
             return cached  # the warm path of every pull: no task, no storage round trip
+        if cached is None and self.links.fresh(layer):
+            shared = self.links.value(paths.blob_data(digest))  # what another worker saw
+            if shared is not None:
+                self._sizes.put(digest, shared)
+                return shared
         linked, size = await asyncio.gather(
             self.is_linked(name, digest), self._size_or_none(digest)
         )

@@ -10,15 +10,22 @@ A replica may be several worker processes (``http.workers``): they share a *gene
 counter in a small memory-mapped file that every delete increments, and an entry remembered
 under an older generation is not trusted. So a delete is seen at once by every worker of the
 replica that made it, for the price of reading eight bytes per lookup.
+
+They share the entries too (``SharedPresence``, in the same file): a link one worker read or
+wrote is trusted by the others within the same bound, with the blob's size when known, so a
+replica reads a link once however many workers it runs (a pull's redirects spread over all of
+them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
+import struct
 import time
+import zlib
 from collections import OrderedDict
-from collections.abc import Hashable
 
 GENERATION_ENV = "BERTH_INTERNAL_CACHE_GENERATION_FILE"
 
@@ -29,6 +36,7 @@ class Generation:
     def __init__(self, path: str | None = None) -> None:
         self._local = 0
         self._map: mmap.mmap | None = None
+        self.path = path or None
         if path:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -56,46 +64,134 @@ class Generation:
             self._map[:8] = ((self.value() + 1) % 2**64).to_bytes(8, "little")
 
 
+# A shared entry: key hash, monotonic send time of the request that saw the key present,
+# generation then, value (a blob's size; -1: none), and a checksum of those. Writers do not
+# lock: a slot read while another process writes it fails its checksum and counts as empty.
+_SLOT = struct.Struct("<QdQqI4x")
+_PAYLOAD = struct.Struct("<QdQq")
+TABLE_OFFSET = mmap.PAGESIZE  # the generation's page comes first
+# (monotonic time the read or write that saw the key present was sent, generation then, value)
+Entry = tuple[float, int, int]
+
+
+def key_hash(key: str) -> int:
+    """The same in every process (``hash()`` is not); never 0, which marks an empty slot."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") or 1
+
+
+class SharedPresence:
+    """Presence entries every worker of a server reads and writes, in the generation's file.
+
+    Direct-mapped: a key's slot is fixed by its hash, and a newer key overwrites an older one
+    there (a lost entry costs one storage read, nothing else). Monotonic clocks agree between
+    processes of one machine, so a worker trusts another's entry exactly as its own.
+    """
+
+    def __init__(self, path: str, capacity: int) -> None:
+        slots = 1024
+        while slots < capacity:
+            slots *= 2
+        self._mask = slots - 1
+        size = TABLE_OFFSET + slots * _SLOT.size
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)  # every worker asks for the same size
+            self._map = mmap.mmap(fd, slots * _SLOT.size, offset=TABLE_OFFSET)
+        finally:
+            os.close(fd)
+
+    def get(self, key: str) -> Entry | None:
+        """(send time, generation, value) of ``key``'s entry, if its slot holds one."""
+        h = key_hash(key)
+        at = (h & self._mask) * _SLOT.size
+        stored, sent, generation, value, check = _SLOT.unpack_from(self._map, at)
+        if stored != h or check != zlib.crc32(_PAYLOAD.pack(stored, sent, generation, value)):
+            return None
+        return sent, generation, value
+
+    def put(self, key: str, sent: float, generation: int, value: int) -> None:
+        h = key_hash(key)
+        payload = _PAYLOAD.pack(h, sent, generation, value)
+        _SLOT.pack_into(
+            self._map,
+            (h & self._mask) * _SLOT.size,
+            h,
+            sent,
+            generation,
+            value,
+            zlib.crc32(payload),
+        )
+
+    def drop(self, key: str) -> None:
+        h = key_hash(key)
+        at = (h & self._mask) * _SLOT.size
+        if _SLOT.unpack_from(self._map, at)[0] == h:
+            self._map[at : at + _SLOT.size] = bytes(_SLOT.size)
+
+
 class PresenceCache:
     """Keys seen present, each trusted for ``ttl`` seconds and while no delete happened in this
-    replica since; at most ``capacity`` of them."""
+    replica since; at most ``capacity`` of them in this process, and as many in the table the
+    replica's workers share (when the generation is shared), each with an optional value."""
 
     def __init__(self, ttl: float, capacity: int, generation: Generation | None = None) -> None:
         self.ttl = ttl
         self.capacity = capacity
         self.generation = generation or Generation()
-        # key -> (monotonic time the read or write that saw it was sent, generation then)
-        self._seen: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
+        self._seen: OrderedDict[str, Entry] = OrderedDict()
+        self._shared: SharedPresence | None = None
+        if self.generation.path and ttl > 0 and capacity > 0:
+            self._shared = SharedPresence(self.generation.path, capacity)
 
-    def fresh(self, key: Hashable, since: float = float("-inf")) -> bool:
-        """Seen present within the bound (by a request sent at or after the monotonic time
-        ``since``, when given)."""
-        entry = self._seen.get(key)
-        if entry is None:
-            return False
-        if entry[0] + self.ttl < time.monotonic() or entry[1] != self.generation.value():
+    def _entries(self, key: str) -> tuple[Entry | None, Entry | None]:
+        """The key's entries still trusted: this process's, and the shared one."""
+        now, generation = time.monotonic(), self.generation.value()
+        local = self._seen.get(key)
+        if local is not None and not (local[0] + self.ttl >= now and local[1] == generation):
             del self._seen[key]
-            return False
-        return entry[0] >= since
+            local = None
+        shared = self._shared.get(key) if self._shared is not None else None
+        if shared is not None and not (shared[0] + self.ttl >= now and shared[1] == generation):
+            shared = None
+        return local, shared
 
-    def remember(self, key: Hashable, sent: float | None = None) -> None:
+    def fresh(self, key: str, since: float = float("-inf")) -> bool:
+        """Seen present within the bound (by a request sent at or after the monotonic time
+        ``since``, when given), by this process or another worker."""
+        return any(e is not None and e[0] >= since for e in self._entries(key))
+
+    def value(self, key: str) -> int | None:
+        """The value remembered with ``key`` while it is trusted (a blob's size), else None."""
+        values = [e[2] for e in self._entries(key) if e is not None and e[2] >= 0]
+        return values[0] if values else None
+
+    def remember(self, key: str, sent: float | None = None, value: int | None = None) -> None:
         """``key`` is present, as seen by a request sent at ``sent`` (monotonic; default now):
-        trusted for ``ttl`` from then."""
+        trusted for ``ttl`` from then. ``value`` goes with it (else a value remembered with an
+        entry still trusted stays)."""
         if self.ttl <= 0 or self.capacity <= 0:
             return
         when = time.monotonic() if sent is None else sent
-        self._seen[key] = (when, self.generation.value())
+        if value is None:
+            value = self.value(key)
+        entry = (when, self.generation.value(), -1 if value is None else value)
+        self._seen[key] = entry
         self._seen.move_to_end(key)
         while len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
+        if self._shared is not None:
+            self._shared.put(key, *entry)
 
-    def discard(self, key: Hashable) -> None:
+    def discard(self, key: str) -> None:
         """Storage says ``key`` is absent: stop trusting it here (no delete happened here)."""
         self._seen.pop(key, None)
+        if self._shared is not None:
+            self._shared.drop(key)
 
-    def forget(self, key: Hashable) -> None:
+    def forget(self, key: str) -> None:
         """A delete of ``key``: gone here at once, and for every worker of this replica."""
-        self._seen.pop(key, None)
+        self.discard(key)
         self.generation.bump()
 
     def __len__(self) -> int:
