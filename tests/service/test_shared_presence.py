@@ -73,10 +73,11 @@ def test_the_bound_holds_for_shared_entries(shared_file: str) -> None:
 
 
 def test_storage_saying_absent_drops_the_shared_entry(shared_file: str) -> None:
-    a, b = _workers(shared_file)
+    a, b, c = _workers(shared_file, 3)
     a.remember("k", value=3)
+    assert b.fresh("k")  # copied into b's own entries
     b.discard("k")
-    assert not b.fresh("k")
+    assert not b.fresh("k") and not c.fresh("k")
 
 
 def test_a_slot_taken_by_another_key_or_torn_matches_nothing(shared_file: str) -> None:
@@ -96,7 +97,8 @@ def test_a_slot_taken_by_another_key_or_torn_matches_nothing(shared_file: str) -
     with open(shared_file, "r+b") as f:
         f.seek(at + 8)
         f.write(b"\xff" * 8)  # the send time changed, the checksum not
-    assert not b.fresh(other)
+    (c,) = _workers(shared_file, 1)  # a worker that has not copied the entry yet
+    assert not c.fresh(other) and c.value(other) is None
 
 
 def test_no_shared_file_no_sharing() -> None:

@@ -220,9 +220,9 @@ class BlobStore:
         GC removes a layer link together with its blob if nothing keeps that."""
         linking: Alongside[object] = Alongside(lambda: self.link(name, digest))
         size = await self.reserve(digest, alongside=linking)
-        key = paths.layer_link(name, digest)
         if size is None:
             if linking.started:  # the blob is gone: the link sent alongside points at nothing
+                key = paths.layer_link(name, digest)
                 self.links.forget(key)
                 with contextlib.suppress(PathNotFound):
                     await self.driver.delete(key)

@@ -12,7 +12,7 @@ under an older generation is not trusted. So a delete is seen at once by every w
 replica that made it, for the price of reading eight bytes per lookup.
 
 They share the entries too (``SharedPresence``, in the same file): a link one worker read or
-wrote is trusted by the others within the same bound, with the blob's size when known, so a
+wrote is trusted by the others within the same bound (and a blob's data, with its size), so a
 replica reads a link once however many workers it runs (a pull's redirects spread over all of
 them).
 """
@@ -144,42 +144,52 @@ class PresenceCache:
         if self.generation.path and ttl > 0 and capacity > 0:
             self._shared = SharedPresence(self.generation.path, capacity)
 
-    def _entries(self, key: str) -> tuple[Entry | None, Entry | None]:
-        """The key's entries still trusted: this process's, and the shared one."""
+    def _entry(self, key: str) -> Entry | None:
+        """The key's entry while trusted: this process's, else one another worker wrote (then
+        copied here, so that the next lookup is as cheap as for our own)."""
         now, generation = time.monotonic(), self.generation.value()
-        local = self._seen.get(key)
-        if local is not None and not (local[0] + self.ttl >= now and local[1] == generation):
+        entry = self._seen.get(key)
+        if entry is not None:
+            if entry[0] + self.ttl >= now and entry[1] == generation:
+                return entry
             del self._seen[key]
-            local = None
-        shared = self._shared.get(key) if self._shared is not None else None
-        if shared is not None and not (shared[0] + self.ttl >= now and shared[1] == generation):
-            shared = None
-        return local, shared
+        if self._shared is None:
+            return None
+        entry = self._shared.get(key)
+        if entry is None or entry[0] + self.ttl < now or entry[1] != generation:
+            return None
+        self._keep(key, entry)
+        return entry
 
     def fresh(self, key: str, since: float = float("-inf")) -> bool:
         """Seen present within the bound (by a request sent at or after the monotonic time
         ``since``, when given), by this process or another worker."""
-        return any(e is not None and e[0] >= since for e in self._entries(key))
+        entry = self._entry(key)
+        if entry is not None and entry[0] < since and self._shared is not None:
+            # Ours is older than asked: another worker may have seen it since.
+            shared = self._shared.get(key)
+            entry = shared if shared is not None and shared[1] == entry[1] else entry
+        return entry is not None and entry[0] >= since
 
     def value(self, key: str) -> int | None:
         """The value remembered with ``key`` while it is trusted (a blob's size), else None."""
-        values = [e[2] for e in self._entries(key) if e is not None and e[2] >= 0]
-        return values[0] if values else None
+        entry = self._entry(key)
+        return None if entry is None or entry[2] < 0 else entry[2]
 
-    def remember(self, key: str, sent: float | None = None, value: int | None = None) -> None:
-        """``key`` is present, as seen by a request sent at ``sent`` (monotonic; default now):
-        trusted for ``ttl`` from then. ``value`` goes with it (else a value remembered with an
-        entry still trusted stays)."""
-        if self.ttl <= 0 or self.capacity <= 0:
-            return
-        when = time.monotonic() if sent is None else sent
-        if value is None:
-            value = self.value(key)
-        entry = (when, self.generation.value(), -1 if value is None else value)
+    def _keep(self, key: str, entry: Entry) -> None:
         self._seen[key] = entry
         self._seen.move_to_end(key)
         while len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
+
+    def remember(self, key: str, sent: float | None = None, value: int | None = None) -> None:
+        """``key`` is present, as seen by a request sent at ``sent`` (monotonic; default now):
+        trusted for ``ttl`` from then, with ``value`` (a blob's size) if given."""
+        if self.ttl <= 0 or self.capacity <= 0:
+            return
+        when = time.monotonic() if sent is None else sent
+        entry = (when, self.generation.value(), -1 if value is None else value)
+        self._keep(key, entry)
         if self._shared is not None:
             self._shared.put(key, *entry)
 
