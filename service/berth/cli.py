@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -117,16 +118,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _start_metrics_port(settings)
     if settings.http.workers > 1:
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
-        # One cache generation for all workers: a delete in one is seen at once by the others.
-        os.environ[GENERATION_ENV] = _generation_file()
+        # One cache file for all workers (generation and shared entries: freshness.py): a
+        # delete in one is seen at once by the others, a link one saw is trusted by all.
+        shared = os.environ[GENERATION_ENV] = _generation_file()
         if args.config:
             os.environ[CONFIG_FILE_ENV] = args.config
-        uvicorn.run(
-            "berth.app:app_from_environment",
-            factory=True,
-            workers=settings.http.workers,
-            **common,
-        )
+        try:
+            uvicorn.run(
+                "berth.app:app_from_environment",
+                factory=True,
+                workers=settings.http.workers,
+                **common,
+            )
+        finally:  # a few MiB of memory under /dev/shm: not left behind by each run
+            with contextlib.suppress(OSError):
+                os.unlink(shared)
     else:
         # Imported here only: with several workers this process is the supervisor, which never
         # serves a request, and the app's imports would cost it about 12 MiB.

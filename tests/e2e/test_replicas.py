@@ -183,12 +183,22 @@ def test_delete_is_seen_at_once_by_every_worker(tmp_path: Path, berth_factory, r
 def test_workers_share_the_links_they_saw(tmp_path: Path, berth_factory, repo: str):
     """The workers of one server share their link cache: after a push through one of them,
     with the link then removed behind the server's back, every worker still answers from
-    memory within the bound (a worker that had not seen the push would read storage: 404)."""
+    memory within the bound (a worker that had not seen the push would read storage: 404).
+    The shared file (a few MiB under /dev/shm) goes when the server stops."""
     if target_kind() != "berth":
         pytest.skip("berth's own configuration file")
     server = berth_factory.start(
         config={"http": {"workers": 2}, "cache": {"link_staleness_seconds": 600}}
     )
+    # The supervisor names the file in its workers' environment.
+    pid = server.proc.pid
+    worker = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0]
+    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    (shared,) = [
+        e.split(b"=", 1)[1].decode()
+        for e in environ
+        if e.startswith(b"BERTH_INTERNAL_CACHE_GENERATION_FILE=")
+    ]
     try:
         data = os.urandom(1000)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -203,5 +213,7 @@ def test_workers_share_the_links_they_saw(tmp_path: Path, berth_factory, repo: s
                 r = c.head(f"/v2/{repo}/blobs/{digest}")
                 answers.append((r.status_code, r.headers.get("Content-Length")))
         assert answers == [(200, "1000")] * 12, answers
+        assert os.path.getsize(shared) > 1024 * 1024
     finally:
         server.stop()
+    assert not os.path.exists(shared)
