@@ -2,11 +2,10 @@
 
 Each worker is a ``PresenceCache`` over the same memory-mapped file: a key one worker saw
 present (a link; a blob's data, with its size) is trusted by the others within the same
-staleness bound;
-a delete in any of them, and the bound itself, end that trust everywhere; a slot written by
-another key or torn by a concurrent writer matches nothing. Then two apps over one storage
-and one shared file, on every driver: a blob pushed through one worker is answered by the
-other without a storage request.
+staleness bound; a delete in any of them, and the bound itself, end that trust everywhere; a
+slot written by another key or torn by a concurrent writer matches nothing. Then two apps over
+one storage and one shared file, on every driver: a blob pushed through one worker is answered
+by the other without a storage request.
 """
 
 from __future__ import annotations
