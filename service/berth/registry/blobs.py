@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING
 
-from ..aio import with_alongside
 from ..events.model import Origin
 from ..storage import paths
 from ..storage.driver import PathNotFound, StorageDriver, StorageUnavailable
@@ -27,10 +26,8 @@ TOMBSTONE_DEADLINE_SECONDS = 30.0
 TOMBSTONE_STALE_SECONDS = 120.0
 RESERVE_ATTEMPTS = 10
 
-T = TypeVar("T")
 
-
-class Alongside(Generic[T]):
+class Alongside:
     """A step a write takes right after reserving a blob (reading or writing the repository's
     link), sent alongside the reservation's mark when gc_quiet already knows that no GC can
     remove anything before both complete: one round trip for both (docs/gc.md). ``counts``:
@@ -38,11 +35,11 @@ class Alongside(Generic[T]):
     caller runs it after, as usual (``started``: it ran all the same, a write the caller may
     have to take back)."""
 
-    def __init__(self, step: Callable[[], Awaitable[T]]) -> None:
+    def __init__(self, step: Callable[[], Awaitable[object]]) -> None:
         self._step = step
         self.started = False
         self.counts = False
-        self.result: T | None = None
+        self.result: object = None
 
     async def run(self) -> None:
         self.started = True
@@ -109,7 +106,7 @@ class BlobStore:
         """The blob is there with ``size``, as a request sent at ``sent`` saw: remembered in
         this process, and for the other workers (within the link bound) with the data's key."""
         self._sizes.put(digest, size)
-        self.links.remember(paths.blob_data(digest), sent, size)
+        self.links.share(paths.blob_data(digest), sent, size)
 
     async def exists(self, digest: Digest) -> bool:
         try:
@@ -150,7 +147,7 @@ class BlobStore:
         digest: Digest,
         *,
         touch_absent: bool = False,
-        alongside: Alongside[object] | None = None,
+        alongside: Alongside | None = None,
     ) -> int | None:
         """Size of the blob, read fresh (never the size cache), guaranteed to survive a
         concurrent GC; or that of a reservation this process made within
@@ -198,7 +195,7 @@ class BlobStore:
         )
 
     async def _reserve_touching(
-        self, digest: Digest, alongside: Alongside[object] | None = None
+        self, digest: Digest, alongside: Alongside | None = None
     ) -> int | None:
         """``reserve`` starting with the touch: the size is read with it (after it, the
         listing for tombstones, unless no GC can be running: gc_quiet.py)."""
@@ -218,7 +215,7 @@ class BlobStore:
         left, when the blob is absent. A reservation that fails leaves a link sent alongside
         in place: it names a blob seen present (the repository may have linked it before), and
         GC removes a layer link together with its blob if nothing keeps that."""
-        linking: Alongside[object] = Alongside(lambda: self.link(name, digest))
+        linking = Alongside(lambda: self.link(name, digest))
         size = await self.reserve(digest, alongside=linking)
         if size is None:
             if linking.started:  # the blob is gone: the link sent alongside points at nothing
@@ -235,9 +232,7 @@ class BlobStore:
         """``reserve(digest)``, then whether ``name`` may serve the blob
         (``is_linked_after_reserve``), as a manifest PUT checks what it references; the layer
         link is read alongside the reservation's mark when it safely can."""
-        reading: Alongside[object] = Alongside(
-            lambda: self.has_link(paths.layer_link(name, digest), fresh=True)
-        )
+        reading = Alongside(lambda: self.has_link(paths.layer_link(name, digest), fresh=True))
         size = await self.reserve(digest, alongside=reading)
         if size is None:
             return None, False
@@ -253,7 +248,7 @@ class BlobStore:
         since: float | None = None,
         *,
         rewrite_absent: bool = False,
-        alongside: Alongside[object] | None = None,
+        alongside: Alongside | None = None,
     ) -> int | None:
         """The writer half of the GC handshake: ``mark`` writes ``marked_key`` (and says the
         blob's size, None: absent), then the blob's directory is listed for tombstones unless
@@ -271,7 +266,7 @@ class BlobStore:
             first = marked if since is None else since
             together = alongside if attempt == 0 and self.gc_quiet.predicts(first) else None
             if together is not None:
-                size = await with_alongside(mark(), together.run())
+                size = await _with(mark(), together.run())
             else:
                 size = await mark()
             if self.gc_quiet.covers(first, time.monotonic()):
@@ -345,15 +340,11 @@ class BlobStore:
 
     async def size_in(self, name: str, digest: Digest) -> int:
         """Size of a blob the repository links to; BLOB_UNKNOWN otherwise."""
-        layer = paths.layer_link(name, digest)
         cached = self._sizes.get(digest)
-        if cached is not None and self.links.fresh(layer):
+        if cached is None:
+            cached = self.links.value(paths.blob_data(digest))  # what another worker saw
+        if cached is not None and self.links.fresh(paths.layer_link(name, digest)):
             return cached  # the warm path of every pull: no task, no storage round trip
-        if cached is None and self.links.fresh(layer):
-            shared = self.links.value(paths.blob_data(digest))  # what another worker saw
-            if shared is not None:
-                self._sizes.put(digest, shared)
-                return shared
         linked, size = await asyncio.gather(
             self.is_linked(name, digest), self._size_or_none(digest)
         )
@@ -417,6 +408,17 @@ class BlobStore:
 
         # A GC unit removing this digest meanwhile: written again after it.
         await self._handshake(digest, key, write, rewrite_absent=True)
+
+
+async def _with(mark: Awaitable[int | None], step: Awaitable[None]) -> int | None:
+    """``mark``'s result, ``step`` awaited alongside it. Both run to the end (no request left
+    running unseen), then ``mark``'s failure, or else ``step``'s, is raised."""
+    size, other = await asyncio.gather(mark, step, return_exceptions=True)
+    if isinstance(size, BaseException):
+        raise size
+    if isinstance(other, BaseException):
+        raise other
+    return size
 
 
 async def _back_off(attempt: int) -> None:

@@ -193,6 +193,12 @@ class PresenceCache:
         if self._shared is not None:
             self._shared.put(key, *entry)
 
+    def share(self, key: str, sent: float, value: int) -> None:
+        """Tell the other workers only (the caller keeps its own copy) that ``key`` is
+        present with ``value``, as seen by a request sent at ``sent``."""
+        if self._shared is not None and self.ttl > 0:
+            self._shared.put(key, sent, self.generation.value(), value)
+
     def discard(self, key: str) -> None:
         """Storage says ``key`` is absent: stop trusting it here (no delete happened here)."""
         self._seen.pop(key, None)
